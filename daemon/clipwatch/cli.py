@@ -1,0 +1,165 @@
+"""The `clipwatch` command: it only parses arguments and picks a mode of `Service`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ClipwatchError, ConfigError
+from .logs import configure_logging, get_logger
+from .metrics import Metrics
+from .scanner import ScanCounts
+
+log = get_logger("clipwatch")
+
+DESCRIPTION = """\
+clipwatch watches directories for images, embeds each new or changed image with a CLIP model
+(sentence-transformers) in batches, and keeps one row per image, with its vector, in MySQL 9 or SQLite.
+
+Configuration comes from a TOML file (--config, or $CLIPWATCH_CONFIG) and CLIPWATCH_<SECTION>__<KEY>
+environment variables; every key is documented in config/clipwatch.example.toml.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipwatch", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"clipwatch {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="PATH",
+                        help="TOML configuration file (default: $CLIPWATCH_CONFIG; without either, "
+                             "built-in defaults and environment variables only)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground",
+                   description="Watch the configured directories and ingest images until SIGTERM or SIGINT. "
+                               "On start, every root is scanned and reconciled with the store. A first "
+                               "signal finishes and commits the batch in hand, then exits 0; a second "
+                               "exits at once.")
+    sub.add_parser("scan", parents=[common], help="reconcile the directories with the store once, then exit",
+                   description="Walk every watched root once: embed new and changed images, update moved "
+                               "ones, remove rows whose file is gone (store.on_delete). Prints a progress "
+                               "line on a terminal and a summary at the end. Safe to run while the daemon "
+                               "runs on the same store.")
+    db = sub.add_parser("db", help="database commands (init, status)",
+                        description="Create the table or show what the store holds.")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    init = db_sub.add_parser("init", parents=[common], help="create the table if it does not exist",
+                             description="Create store.table with a VECTOR column sized for the model. "
+                                         "Without --dimension the model is loaded to find its dimension.")
+    init.add_argument("--dimension", type=int, metavar="N",
+                      help="vector dimension (512 for clip-ViT-B-32), to skip loading the model")
+    status = db_sub.add_parser("status", parents=[common], help="rows by status and model, dimension, store",
+                               description="Show where the store is, the table's vector dimension and "
+                                           "how many rows it holds by status and model.")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(config.log.format, config.log.level)
+        if args.command == "run":
+            return cmd_run(config)
+        if args.command == "scan":
+            return cmd_scan(config)
+        if args.db_command == "init":
+            return cmd_db_init(config, args.dimension)
+        return cmd_db_status(config, args.json)
+    except ConfigError as exc:
+        print(f"clipwatch: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ClipwatchError as exc:
+        print(f"clipwatch: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_run(config: Config) -> int:
+    from .service import Service
+
+    service = Service(config)
+    try:
+        service.open()
+    except BaseException:
+        service.close()
+        raise
+    return service.run()
+
+
+def cmd_scan(config: Config) -> int:
+    from .service import Service
+
+    service = Service(config)
+    try:
+        service.open()
+    except BaseException:
+        service.close()
+        raise
+    progress = _progress if sys.stderr.isatty() else None
+    counts = service.scan(progress)
+    if progress:
+        print(file=sys.stderr)
+    m = service.metrics
+    done = {r: m.processed_count(r) for r in ("embedded", "unchanged", "deleted", "failed")}
+    print(f"scan: {counts.files} image files, {counts.queued} new or changed, {counts.gone} gone; "
+          f"embedded {done['embedded']}, unchanged {done['unchanged']}, deleted {done['deleted']}, "
+          f"failed {done['failed']}")
+    return 0
+
+
+def _progress(counts: ScanCounts, metrics: Metrics) -> None:
+    processed = sum(metrics.processed_count(r) for r in ("embedded", "unchanged", "deleted", "failed"))
+    print(f"\rscanned {counts.files} files, {counts.queued + counts.gone} to do, {processed} done ",
+          end="", file=sys.stderr, flush=True)
+
+
+def cmd_db_init(config: Config, dimension: int | None) -> int:
+    from .embedder import Embedder
+    from .store import open_store
+
+    if dimension is None:
+        embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        embedder.load()
+        dimension = embedder.dimension
+    if dimension < 1:
+        raise ConfigError(f"--dimension: expected a positive integer, got {dimension}")
+    store = open_store(config)
+    try:
+        created = store.init_schema(dimension)
+        state = "created" if created else "already exists"
+        print(f"table {config.store.table!r} in {store.location()}: {state} (vectors of dimension {dimension})")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_db_status(config: Config, as_json: bool) -> int:
+    from .store import open_store
+
+    store = open_store(config)
+    try:
+        st = store.status()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"backend": st.backend, "location": st.location, "table": st.table,
+                          "dimension": st.dimension,
+                          "rows": [{"status": s, "model": m, "count": n} for s, m, n in st.counts]}))
+        return 0
+    print(f"store:     {st.location} ({st.backend})")
+    print(f"table:     {st.table}" + ("" if st.dimension else " (does not exist yet: run `clipwatch db init`)"))
+    print(f"dimension: {st.dimension or '-'}")
+    print(f"rows:      {sum(n for *_, n in st.counts)}")
+    for s, m, n in st.counts:
+        print(f"  {n:>10}  status={s}  model={m}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Which paths are images we watch, and reading one safely (no symlinks, no FIFOs, bounded size)."""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .errors import FileRejected
+
+
+class PathFilter:
+    """Decides whether a path is a watched image: under a root, an allowed extension, no ignored component."""
+
+    def __init__(self, roots: Sequence[str], extensions: Sequence[str], ignore: Sequence[str]) -> None:
+        self.roots = tuple(os.path.abspath(r) for r in roots)
+        self.extensions = frozenset("." + e.lower().lstrip(".") for e in extensions)
+        self.ignore = tuple(ignore)
+
+    def root_of(self, path: str) -> str | None:
+        for root in self.roots:
+            if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+                return root
+        return None
+
+    def ignored_name(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
+
+    def accepts(self, path: str) -> bool:
+        root = self.root_of(path)
+        if root is None or path == root:
+            return False
+        if os.path.splitext(path)[1].lower() not in self.extensions:
+            return False
+        return not any(self.ignored_name(part) for part in os.path.relpath(path, root).split(os.sep))
+
+    def walk(self, root: str) -> Iterator[os.DirEntry[str]]:
+        """Every accepted regular file below `root`; ignored directories and symlinks are not entered."""
+        stack = [root]
+        while stack:
+            try:
+                with os.scandir(stack.pop()) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            if not self.ignored_name(entry.name):
+                                stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False) and self.accepts(entry.path):
+                            yield entry
+            except OSError:
+                continue  # a directory removed or unreadable while walking: the watcher reports what follows
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    path: str
+    data: bytes
+    size: int
+    mtime: float
+    sha256: str
+
+
+def check_name(path: str) -> None:
+    """Refuse names a store cannot hold exactly (bytes that are not UTF-8, NUL)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FileRejected("bad_name", "the file name is not valid UTF-8; the store keeps names as UTF-8 "
+                                       "text, so it is skipped rather than stored under another name") from None
+
+
+def read_file(path: str, max_bytes: int) -> FileBytes:
+    """Read a whole regular file without following a symlink or blocking on a FIFO; hash its bytes."""
+    check_name(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileRejected("not_found", "the file disappeared before it could be read") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileRejected("not_a_file", "it is a symbolic link; links are not followed") from None
+        raise FileRejected("unreadable", f"cannot open it: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRejected("not_a_file", "it is not a regular file (directory, FIFO, socket or device)")
+        if st.st_size == 0:
+            raise FileRejected("empty", "the file is empty (0 bytes)")
+        if st.st_size > max_bytes:
+            raise FileRejected("too_large", f"{st.st_size} bytes is over watch.max_file_bytes = {max_bytes}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise FileRejected("unreadable", f"cannot read it: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise FileRejected("too_large", f"it grew over watch.max_file_bytes = {max_bytes} while being read")
+    return FileBytes(path, data, len(data), st.st_mtime, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,52 @@
+"""Bytes to a pixel-ready RGB image: decode safely, apply EXIF orientation, bound the pixel count."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import FileRejected
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an image file's bytes into an RGB image (first frame of an animation).
+
+    Pillow checks the declared size against `max_pixels` before allocating anything, so a tiny file
+    that declares 50,000 x 50,000 pixels is refused without using the memory.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise FileRejected("too_many_pixels", f"{width}x{height} pixels is over model.max_image_pixels "
+                                                      f"= {max_pixels}")
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except FileRejected:
+        raise
+    except UnidentifiedImageError:
+        raise FileRejected("not_an_image", "not an image file Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise FileRejected("too_many_pixels", str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise FileRejected("decode_error", f"broken image data: {exc}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB for the model; transparent areas become white, as a viewer shows them on a page."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode.startswith("I;16") or img.mode == "I":
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")

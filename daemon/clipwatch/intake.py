@@ -1,0 +1,127 @@
+"""Between the watcher and the worker: hold files until they are complete, then feed the bounded queue.
+
+A file is complete when
+- inotify reports close-after-write (``IN_CLOSE_WRITE``) or a rename into place, or
+- its size and mtime have not changed for ``watch.settle_ms`` (polling mode, files that were created
+  without a write we saw, such as ones moved in from outside a root, and files found by a scan that
+  were modified moments ago).
+
+Files that are being written (inotify reported a write but no close yet) wait for the close, however
+long the writer takes. Everything that is ready goes to a bounded queue; when it is full, `put`
+blocks the caller (back-pressure) instead of dropping anything.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import threading
+import time
+from dataclasses import dataclass
+
+from .changes import Change, Source
+from .metrics import Metrics
+
+
+@dataclass
+class _Pending:
+    wait_close: bool  # True: inotify saw a write, so wait for IN_CLOSE_WRITE; False: wait for size/mtime to settle
+    source: Source
+    signature: tuple[int, int] | None = None
+    stable_since: float = 0.0
+
+
+class Intake:
+    """Thread-safe: the watchdog thread, the scanner and the settle loop all call into it."""
+
+    def __init__(self, capacity: int, settle_s: float, metrics: Metrics) -> None:
+        self.queue: queue.Queue[Change] = queue.Queue(maxsize=capacity)
+        self.settle_s = settle_s
+        self.metrics = metrics
+        self.metrics.queue_capacity.set(capacity)
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self.closed = threading.Event()
+
+    # --- called by the watcher and the scanner ----------------------------------------------------
+
+    def ready(self, change: Change) -> None:
+        """A change that needs no waiting (a close-after-write, a rename, a delete)."""
+        with self._lock:
+            waiting = self._pending.pop(change.path, None)
+            if change.kind == "move" and waiting is not None:
+                # Renamed while still being written: keep waiting under the new name, and drop any row
+                # of the old name (its content was being replaced anyway).
+                self._pending[change.dest] = waiting
+                change = Change("delete", change.path, source=change.source)
+            elif change.kind == "delete_tree":
+                prefix = change.path.rstrip(os.sep) + os.sep
+                for p in [p for p in self._pending if p.startswith(prefix)]:
+                    del self._pending[p]
+        self.put(change)
+
+    def wait_for_close(self, path: str, source: Source = "event") -> None:
+        with self._lock:
+            self._pending[path] = _Pending(wait_close=True, source=source)
+
+    def wait_for_settle(self, path: str, source: Source = "event") -> None:
+        with self._lock:
+            current = self._pending.get(path)
+            if current is None or not current.wait_close:
+                self._pending[path] = _Pending(wait_close=False, source=source)
+
+    def put(self, change: Change) -> bool:
+        """Block until the queue has room (back-pressure). False if intake was closed meanwhile."""
+        while not self.closed.is_set():
+            try:
+                self.queue.put(change, timeout=0.2)
+            except queue.Full:
+                continue
+            self.metrics.queue_depth.set(self.queue.qsize())
+            return True
+        return False
+
+    # --- the settle loop --------------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def settle_once(self, now: float | None = None) -> int:
+        """Move every file whose size and mtime held still for settle_s to the queue. Returns how many."""
+        now = time.monotonic() if now is None else now
+        due: list[tuple[str, Source]] = []
+        with self._lock:
+            for path, p in list(self._pending.items()):
+                if p.wait_close:
+                    continue
+                sig = _signature(path)
+                if sig is None:  # gone, or not a regular file: the delete event (if any) tells the worker
+                    del self._pending[path]
+                elif sig != p.signature:
+                    p.signature, p.stable_since = sig, now
+                elif now - p.stable_since >= self.settle_s:
+                    del self._pending[path]
+                    due.append((path, p.source))
+        for path, source in due:
+            self.put(Change("upsert", path, source=source))
+        return len(due)
+
+    def run_settle_loop(self) -> None:
+        interval = min(max(self.settle_s / 4, 0.02), 0.5)
+        while not self.closed.wait(interval):
+            self.settle_once()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def _signature(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size, st.st_mtime_ns

@@ -1,0 +1,82 @@
+"""Prometheus metrics. Every series is created at start (exported at 0 before its first event)."""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from . import __version__
+from .errors import FileRejected
+
+SOURCES = ("event", "scan")
+RESULTS = ("embedded", "unchanged", "moved", "deleted", "failed")
+STAGES = ("read", "decode", "embed", "write")
+ERROR_STAGES = {"read": ("not_found", "not_a_file", "empty", "too_large", "unreadable", "bad_name"),
+                "decode": ("not_an_image", "decode_error", "too_many_pixels"),
+                "embed": ("embed_error",),
+                "store": ("store_error",)}
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """All of clipwatch's metrics on one registry (a fresh one per instance, so tests do not share state)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Gauge("clipwatch_build_info", "clipwatch version", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        self.discovered = Counter("clipwatch_files_discovered_total", "Image files seen, by where they were seen",
+                                  ["source"], registry=r)
+        self.processed = Counter("clipwatch_files_processed_total", "Files handled by the worker, by result",
+                                 ["result"], registry=r)
+        self.errors = Counter("clipwatch_errors_total", "Failures, by pipeline stage and reason",
+                              ["stage", "reason"], registry=r)
+        self.queue_depth = Gauge("clipwatch_queue_depth", "Files waiting for the worker", registry=r)
+        self.queue_capacity = Gauge("clipwatch_queue_capacity", "Size of the bounded queue", registry=r)
+        self.batch_size = Histogram("clipwatch_batch_size", "Files per batch taken by the worker",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.model_calls = Counter("clipwatch_model_calls_total", "Forward passes of the image model", registry=r)
+        self.stage_seconds = Histogram("clipwatch_stage_duration_seconds", "Time spent per batch in each stage",
+                                       ["stage"], buckets=SECONDS_BUCKETS, registry=r)
+        self.last_commit = Gauge("clipwatch_last_commit_timestamp_seconds",
+                                 "Unix time of the last committed batch", registry=r)
+        self.store_up = Gauge("clipwatch_store_up", "1 when the last store operation succeeded", registry=r)
+        for s in SOURCES:
+            self.discovered.labels(s)
+        for res in RESULTS:
+            self.processed.labels(res)
+        for st in STAGES:
+            self.stage_seconds.labels(st)
+        for stage, reasons in ERROR_STAGES.items():
+            for reason in reasons:
+                self.errors.labels(stage, reason)
+
+    def rejected(self, exc: FileRejected) -> None:
+        stage = next((s for s, reasons in ERROR_STAGES.items() if exc.reason in reasons), "read")
+        self.errors.labels(stage, exc.reason).inc()
+        self.processed.labels("failed").inc()
+
+    def processed_count(self, result: str) -> int:
+        return int(self.registry.get_sample_value("clipwatch_files_processed_total", {"result": result}) or 0)
+
+    def serve(self, host: str, port: int) -> MetricsServer:
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsServer(server, thread)
+
+
+class MetricsServer:
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server, self._thread = server, thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

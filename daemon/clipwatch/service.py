@@ -1,0 +1,158 @@
+"""Everything wired in one place: store, model, intake, watcher, worker, scanner, metrics, signals.
+
+    watcher ─┐
+             ├─> Intake (settle + bounded queue) ─> Worker (read, decode, embed, write) ─> Store
+    scanner ─┘
+
+`Service.run()` is the daemon; `Service.scan()` is the one-shot reconcile (`clipwatch scan`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from .config import Config, metrics_address
+from .embedder import Embedder
+from .errors import ConfigError
+from .files import PathFilter
+from .intake import Intake
+from .logs import get_logger
+from .metrics import Metrics, MetricsServer
+from .scanner import ScanCounts, reconcile
+from .store import Store, open_store
+from .watcher import Watcher
+from .worker import Worker
+
+log = get_logger(__name__)
+
+
+class Service:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
+        self.embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
+        self.stop_event = threading.Event()
+        self.store: Store | None = None
+        self.worker: Worker | None = None
+        self.scan_counts = ScanCounts()
+        self._metrics_server: MetricsServer | None = None
+
+    # --- start-up ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check the roots, connect to the store, load the model, create the table if missing."""
+        for root in self.config.watch.paths:
+            if not os.path.isdir(root):
+                raise ConfigError(f"watch.paths: {root!r} is not an existing directory")
+        if not self.config.watch.paths:
+            raise ConfigError("watch.paths: expected at least one directory to watch")
+        self.store = open_store(self.config)
+        self.metrics.store_up.set(1)
+        self.embedder.load()
+        if self.store.init_schema(self.embedder.dimension):
+            log.info("table_created", store=self.store.location(), table=self.config.store.table,
+                     dimension=self.embedder.dimension)
+        self._warn_foreign_rows()
+        self.worker = Worker(self.config, self.intake.queue, self.store, self.embedder, self.paths, self.metrics)
+        address = metrics_address(self.config)
+        if address:
+            self._metrics_server = self.metrics.serve(*address)
+            log.info("metrics_listening", address=f"{address[0]}:{self._metrics_server.port}")
+
+    def _warn_foreign_rows(self) -> None:
+        assert self.store is not None
+        foreign = sum(n for _, model, n in self.store.status().counts if model != self.embedder.identity)
+        if foreign:
+            log.warning("rows_of_other_model", rows=foreign, model=self.embedder.identity,
+                        action="their files are re-embedded with the configured model as scans reach them")
+
+    # --- modes --------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The daemon: watch, scan once, process until SIGTERM/SIGINT, then stop gracefully. Returns 0."""
+        assert self.worker is not None
+        self._install_signal_handlers()
+        watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
+        watcher.start()  # watches first, so nothing changed during the scan is missed
+        threads = [
+            threading.Thread(target=self.worker.run, args=(self.stop_event,), name="worker", daemon=True),
+            threading.Thread(target=self.intake.run_settle_loop, name="settle", daemon=True),
+            threading.Thread(target=self._scan_all, name="scanner", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        log.info("running", roots=list(self.config.watch.paths), store=self.store.location() if self.store else "")
+        self.stop_event.wait()
+        log.info("stopping", timeout_s=self.config.daemon.shutdown_timeout_s)
+        watcher.stop()
+        self.intake.close()
+        threads[0].join(self.config.daemon.shutdown_timeout_s)
+        if threads[0].is_alive():
+            log.error("shutdown_timeout", action="abandoning the batch in hand; it is redone on the next start")
+        self.close()
+        log.info("stopped")
+        return 0
+
+    def scan(self, on_progress: Callable[[ScanCounts, Metrics], None] | None = None) -> ScanCounts:
+        """One-shot reconcile: scan every root, process everything queued, return the counts."""
+        assert self.worker is not None
+        inputs_done = threading.Event()
+        worker = threading.Thread(target=self.worker.run, args=(self.stop_event, inputs_done), name="worker")
+        worker.start()
+        try:
+            self._scan_all(settle=False)
+            inputs_done.set()
+            while worker.is_alive():
+                worker.join(0.25)
+                if on_progress:
+                    on_progress(self.scan_counts, self.metrics)
+        finally:
+            inputs_done.set()
+            worker.join()
+            self.close()
+        return self.scan_counts
+
+    def _scan_all(self, settle: bool = True) -> None:
+        store = open_store(self.config)  # the scanner's own connection: the worker owns the other
+        try:
+            started = time.monotonic()
+            if not settle:
+                self.intake.settle_s = 0.0  # one-shot: a file modified a moment ago is taken as it is
+            for root in self.config.watch.paths:
+                reconcile(root, store, self.paths, self.intake, self.embedder.identity, self.metrics,
+                          self.scan_counts)
+                if self.scan_counts.stopped:
+                    return
+            c = self.scan_counts
+            log.info("scan_finished", files=c.files, queued=c.queued, gone=c.gone,
+                     seconds=round(time.monotonic() - started, 2))
+        except Exception:
+            log.exception("scan_failed")
+        finally:
+            store.close()
+
+    # --- shutdown -----------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            if self.stop_event.is_set():
+                os._exit(1)  # second signal: at once; the open transaction is rolled back by the store
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def close(self) -> None:
+        if self._metrics_server:
+            self._metrics_server.close()
+            self._metrics_server = None
+        if self.store:
+            self.store.close()
+            self.store = None

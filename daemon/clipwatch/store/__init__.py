@@ -1,0 +1,23 @@
+"""Vector stores behind one small interface: MySQL 9 (`VECTOR` column) and SQLite (the embedded default)."""
+
+from __future__ import annotations
+
+from ..config import Config
+from .base import Delete, DeleteTree, Op, Rename, Store, StoredFile, StoreStatus, Touch, Upsert
+
+
+def open_store(config: Config) -> Store:
+    """Connect to the configured store (no schema work: see `Store.init_schema`). Raises StoreError."""
+    url = config.store_url
+    if url.scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url.path, config.store.table, config.store.instance)
+    from .mysql import MySQLStore
+
+    return MySQLStore(url, config.store_password, config.store.table, config.store.instance,
+                      config.store.connect_timeout_s)
+
+
+__all__ = ["Delete", "DeleteTree", "Op", "Rename", "Store", "StoreStatus", "StoredFile", "Touch", "Upsert",
+           "open_store"]

@@ -1,0 +1,276 @@
+"""The store interface, its operations, and the SQL both backends share.
+
+One row per (instance, path). The worker turns a batch of file changes into a list of `Op`s and
+hands them to `Store.apply`, which runs them in order in one transaction. Every statement is
+parameterised; the only names put into SQL text are the table name (validated against
+`config.IDENTIFIER`) and column names written here.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+
+from ..config import IDENTIFIER
+from ..errors import SchemaMismatch, StoreError
+
+COLUMNS = ("instance", "path", "sha256", "size", "mtime", "model", "embedding", "status", "match_id", "score",
+           "label")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What the worker and the scanner need to know of an existing row (no vector)."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    model: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Upsert:
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    model: str
+    embedding: np.ndarray
+    status: str = "ok"
+    match_id: int | None = None
+    score: float | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Same content as stored: only size and mtime change (no new embedding)."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Rename:
+    src: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class Delete:
+    path: str
+
+
+@dataclass(frozen=True)
+class DeleteTree:
+    directory: str
+
+
+Op = Upsert | Touch | Rename | Delete | DeleteTree
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    backend: str
+    location: str
+    table: str
+    dimension: int | None
+    counts: list[tuple[str, str, int]]  # (status, model, rows)
+
+
+class Store(ABC):
+    """A table of image rows. Not thread-safe: each thread opens its own."""
+
+    backend: str
+
+    def __init__(self, table: str, instance: str) -> None:
+        if not IDENTIFIER.match(table):
+            raise StoreError(f"invalid table name {table!r}")
+        self.table, self.instance = table, instance
+        self.dimension: int | None = None
+
+    @abstractmethod
+    def location(self) -> str: ...
+
+    @abstractmethod
+    def table_dimension(self) -> int | None:
+        """The vector dimension the table was created for, or None when it does not exist."""
+
+    @abstractmethod
+    def create_table(self, dimension: int) -> None: ...
+
+    @abstractmethod
+    def get_many(self, paths: Sequence[str]) -> dict[str, StoredFile]: ...
+
+    @abstractmethod
+    def iter_files(self, directory: str) -> Iterator[StoredFile]:
+        """Every row of this instance whose path lies below `directory`."""
+
+    @abstractmethod
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Run the ops in order, in one transaction: all of them land or none does."""
+
+    @abstractmethod
+    def get_vector(self, path: str) -> np.ndarray | None: ...
+
+    @abstractmethod
+    def status(self) -> StoreStatus: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def reconnect(self) -> None:
+        """Re-open a dropped connection (best effort: a failure shows on the next call)."""
+        return None  # noqa: B027 - embedded stores have no connection to lose
+
+    def init_schema(self, dimension: int) -> bool:
+        """Create the table when missing; refuse one made for another dimension. True if created."""
+        existing = self.table_dimension()
+        if existing is None:
+            self.create_table(dimension)
+            self.dimension = dimension
+            return True
+        if existing != dimension:
+            raise SchemaMismatch(
+                f"table {self.table!r} in {self.location()} holds {existing}-dimensional vectors, but the "
+                f"configured model makes {dimension}-dimensional ones. Vectors of different models cannot be "
+                f"compared: set store.table to a new table for this model (or drop the old one).")
+        self.dimension = existing
+        return False
+
+    def check_vector(self, op: Upsert) -> bytes:
+        vec = np.asarray(op.embedding)
+        if vec.dtype != np.float32 or vec.shape != (self.dimension,):
+            raise StoreError(f"refusing a vector of shape {vec.shape} ({vec.dtype}) for {op.path!r}: the table "
+                             f"holds float32 vectors of dimension {self.dimension}")
+        return vec.astype("<f4", copy=False).tobytes()
+
+
+class SQLStore(Store):
+    """The SQL that MySQL and SQLite share; each backend fills in its dialect."""
+
+    PARAM = "?"  # placeholder
+    VECTOR_PARAM = "?"  # placeholder for a float32 little-endian vector
+    PATH_MATCH = "path = ?"  # how one row is found by path
+    NOW = "CURRENT_TIMESTAMP"
+    UPSERT_TAIL = ""  # appended to the INSERT to make it an upsert
+    DRIVER_ERRORS: tuple[type[BaseException], ...] = ()  # the driver's exceptions, reported as StoreError
+
+    def __init__(self, table: str, instance: str) -> None:
+        super().__init__(table, instance)
+        self.t = self.quote(table)
+
+    @abstractmethod
+    def quote(self, name: str) -> str: ...
+
+    @abstractmethod
+    def _cursor(self) -> Any: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            cur = self._cursor()
+            try:
+                cur.execute(sql, tuple(params))
+                return list(cur.fetchall())
+            finally:
+                cur.close()
+                self._commit()  # end the read's transaction, so the next read sees other writers' rows
+        except self.DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.location()}: {exc}") from exc
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, StoredFile]:
+        found: dict[str, StoredFile] = {}
+        unique = list(dict.fromkeys(paths))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i:i + 500]
+            match = " OR ".join(f"({self.PATH_MATCH})" for _ in chunk)
+            rows = self._fetch(f"SELECT id, path, sha256, size, mtime, model, status FROM {self.t} "  # noqa: S608
+                               f"WHERE instance = {self.PARAM} AND ({match})", [self.instance, *chunk])
+            found.update((r[1], StoredFile(*r)) for r in rows)
+        return found
+
+    def iter_files(self, directory: str) -> Iterator[StoredFile]:
+        low, high = _prefix_range(directory)
+        p = self.PARAM
+        rows = self._fetch(f"SELECT id, path, sha256, size, mtime, model, status FROM {self.t} "  # noqa: S608
+                           f"WHERE instance = {p} AND path >= {p} AND path < {p}", [self.instance, low, high])
+        for r in rows:
+            yield StoredFile(*r)
+
+    def get_vector(self, path: str) -> np.ndarray | None:
+        rows = self._fetch(f"SELECT embedding FROM {self.t} WHERE instance = {self.PARAM} "  # noqa: S608
+                           f"AND {self.PATH_MATCH}", [self.instance, path])
+        return np.frombuffer(bytes(rows[0][0]), dtype="<f4").copy() if rows else None
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        if not ops:
+            return
+        cur = self._cursor()
+        try:
+            for kind, run in groupby(ops, key=type):
+                self._apply_run(cur, kind, list(run))
+            self._commit()
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, self.DRIVER_ERRORS):
+                raise StoreError(f"{self.location()}: {exc}") from exc
+            raise
+        finally:
+            cur.close()
+
+    def _apply_run(self, cur: Any, kind: type, ops: list[Any]) -> None:
+        p, inst, t, now, where = self.PARAM, self.instance, self.t, self.NOW, self.PATH_MATCH
+        if kind is Upsert:
+            values = ", ".join([p, p, p, p, p, p, self.VECTOR_PARAM, p, p, p, p])
+            cur.executemany(
+                f"INSERT INTO {t} ({', '.join(COLUMNS)}) VALUES ({values}){self.UPSERT_TAIL}",  # noqa: S608
+                [(inst, o.path, o.sha256, o.size, o.mtime, o.model, self.check_vector(o), o.status, o.match_id,
+                  o.score, o.label) for o in ops])
+        elif kind is Touch:
+            cur.executemany(f"UPDATE {t} SET size = {p}, mtime = {p}, updated_at = {now} "  # noqa: S608
+                            f"WHERE instance = {p} AND {where}", [(o.size, o.mtime, inst, o.path) for o in ops])
+        elif kind is Rename:
+            for o in ops:  # one at a time: a rename may free the name the next one takes
+                cur.execute(f"DELETE FROM {t} WHERE instance = {p} AND {where}", (inst, o.dest))  # noqa: S608
+                cur.execute(f"UPDATE {t} SET path = {p}, updated_at = {now} "  # noqa: S608
+                            f"WHERE instance = {p} AND {where}", (o.dest, inst, o.src))
+        elif kind is Delete:
+            cur.executemany(f"DELETE FROM {t} WHERE instance = {p} AND {where}",  # noqa: S608
+                            [(inst, o.path) for o in ops])
+        elif kind is DeleteTree:
+            for o in ops:
+                low, high = _prefix_range(o.directory)
+                cur.execute(f"DELETE FROM {t} WHERE instance = {p} AND path >= {p} AND path < {p}",  # noqa: S608
+                            (inst, low, high))
+
+    def status(self) -> StoreStatus:
+        dim = self.table_dimension()
+        counts: list[tuple[str, str, int]] = []
+        if dim is not None:
+            rows = self._fetch(f"SELECT status, model, COUNT(*) FROM {self.t} "  # noqa: S608
+                               "GROUP BY status, model ORDER BY status, model")
+            counts = [(str(s), str(m), int(n)) for s, m, n in rows]
+        return StoreStatus(self.backend, self.location(), self.table, dim, counts)
+
+
+def _prefix_range(directory: str) -> tuple[str, str]:
+    """Paths strictly below `directory` are exactly those in [dir + "/", dir + "0"): "0" follows "/"."""
+    prefix = directory.rstrip(os.sep) + os.sep
+    return prefix, prefix[:-1] + chr(ord(os.sep) + 1)
+

@@ -1,0 +1,133 @@
+"""MySQL 9: a `VECTOR(dim)` column, vectors sent as binary little-endian float32 parameters.
+
+MySQL's `VECTOR(N)` is a maximum (a shorter vector is accepted) and a CHECK on `VECTOR_DIM` is refused
+by the server, so `Store.check_vector` checks every vector's dimension before it is sent.
+Raw bytes passed as a plain `%s` are sent as a character string and rejected by the VECTOR column:
+`_binary %s` sends them as bytes (see docs/mysql9.md).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import mysql.connector
+from mysql.connector import errors as myerrors
+
+from ..config import StoreURL
+from ..errors import StoreError
+from .base import SQLStore
+
+
+class MySQLStore(SQLStore):
+    backend = "mysql"
+    PARAM = "%s"
+    VECTOR_PARAM = "_binary %s"
+    # The unique key is (instance, path_hash), a stored generated column: paths up to 4096 characters do not
+    # fit an index, their SHA-256 does. The server hashes exactly the text it stores.
+    PATH_MATCH = "path_hash = UNHEX(SHA2(%s, 256))"
+    NOW = "UTC_TIMESTAMP(6)"
+    DRIVER_ERRORS = (myerrors.Error,)
+    UPSERT_TAIL = (
+        " AS new ON DUPLICATE KEY UPDATE sha256 = new.sha256, size = new.size, mtime = new.mtime, "
+        "model = new.model, embedding = new.embedding, status = new.status, match_id = new.match_id, "
+        "score = new.score, label = new.label, updated_at = UTC_TIMESTAMP(6)"
+    )
+
+    def __init__(self, url: StoreURL, password: str, table: str, instance: str, connect_timeout_s: int = 10) -> None:
+        super().__init__(table, instance)
+        self.url = url
+        kwargs: dict[str, Any] = dict(user=url.user, password=password, database=url.database,
+                                      connection_timeout=connect_timeout_s, autocommit=False,
+                                      charset="utf8mb4", collation="utf8mb4_bin", use_unicode=True)
+        if url.path:
+            kwargs["unix_socket"] = url.path
+        else:
+            kwargs.update(host=url.host, port=url.port)
+        try:
+            self.conn = mysql.connector.connect(**kwargs)
+        except myerrors.Error as exc:
+            raise StoreError(f"cannot connect to {url.redacted()}: {describe(exc)}") from None
+        self._execute_plain("SET SESSION time_zone = '+00:00'")
+
+    def location(self) -> str:
+        return self.url.redacted()
+
+    def quote(self, name: str) -> str:
+        return f"`{name}`"
+
+    def _cursor(self) -> Any:
+        return self.conn.cursor()
+
+    def _commit(self) -> None:
+        self.conn.commit()
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except myerrors.Error:
+            pass  # the connection is gone: the server rolled the transaction back itself
+
+    def _execute_plain(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        cur: Any = self.conn.cursor()
+        try:
+            cur.execute(sql, params)
+            return list(cur.fetchall()) if cur.with_rows else []
+        finally:
+            cur.close()
+            self.conn.commit()
+
+    def table_dimension(self) -> int | None:
+        rows = self._execute_plain(
+            "SELECT COLUMN_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'embedding'", (self.table,))
+        if not rows:
+            return None
+        column_type = rows[0][0].decode() if isinstance(rows[0][0], bytes) else str(rows[0][0])
+        match = re.fullmatch(r"vector\((\d+)\)", column_type.lower())
+        if not match:
+            raise StoreError(f"table {self.table!r} exists but its embedding column is {column_type!r}, not VECTOR")
+        return int(match.group(1))
+
+    def create_table(self, dimension: int) -> None:
+        # DDL cannot be parameterised: the table name is a validated identifier, the dimension an int.
+        self._execute_plain(f"""
+            CREATE TABLE IF NOT EXISTS {self.t} (
+                id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                instance VARCHAR(255) NOT NULL,
+                path VARCHAR(4096) NOT NULL,
+                path_hash BINARY(32) AS (UNHEX(SHA2(path, 256))) STORED NOT NULL,
+                sha256 CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+                size BIGINT UNSIGNED NOT NULL,
+                mtime DOUBLE NOT NULL,
+                model VARCHAR(255) NOT NULL,
+                embedding VECTOR({int(dimension)}) NOT NULL,
+                status VARCHAR(16) CHARACTER SET ascii NOT NULL DEFAULT 'ok',
+                match_id BIGINT UNSIGNED NULL,
+                score FLOAT NULL,
+                label VARCHAR(255) NULL,
+                created_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+                updated_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+                UNIQUE KEY instance_path (instance, path_hash),
+                KEY instance_path_prefix (instance, path(255)),
+                KEY sha256 (sha256)
+            ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
+        """)  # noqa: S608
+
+    def reconnect(self) -> None:
+        try:
+            self.conn.reconnect(attempts=1, delay=0)
+            self._execute_plain("SET SESSION time_zone = '+00:00'")
+        except myerrors.Error:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except myerrors.Error:
+            pass
+
+
+def describe(exc: myerrors.Error) -> str:
+    """The server's message without the driver's noise (it never contains the password)."""
+    return f"{exc.msg} (MySQL error {exc.errno})" if getattr(exc, "errno", None) else str(exc)

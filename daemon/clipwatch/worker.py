@@ -1,0 +1,241 @@
+"""The batch worker: queued changes in, one model call and one transaction per batch out.
+
+A batch is up to `model.batch_size` changes, or fewer when `model.max_wait_ms` passes after the first
+one arrived. Within a batch, changes are applied in the order they were observed (a write followed by
+a rename lands under the final name), every file is read once (its sha256 and its pixels come from the
+same bytes), every image that needs a vector is embedded in one forward pass, and all the resulting
+row operations are written in one transaction. A bad file fails alone; a store outage is retried
+with capped backoff, holding the batch, so nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from .changes import Change
+from .config import Config
+from .embedder import Embedder
+from .errors import FileRejected, StoreError
+from .files import FileBytes, PathFilter, check_name, read_file
+from .imaging import decode_image
+from .logs import get_logger
+from .metrics import Metrics
+from .store import Delete, DeleteTree, Op, Rename, Store, StoredFile, Touch, Upsert
+
+log = get_logger(__name__)
+T = TypeVar("T")
+BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
+
+
+@dataclass
+class _Known:
+    """What the store holds (or will hold, once this batch commits) for one path."""
+
+    sha256: str
+    model: str
+
+
+@dataclass
+class _ToEmbed:
+    file: FileBytes
+    image: object  # PIL image, decoded
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class BatchPlan:
+    ops: list[Op | _ToEmbed] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("embedded", "unchanged", "moved", "deleted", "failed"), 0))
+
+
+class Worker:
+    def __init__(self, config: Config, changes: queue.Queue[Change], store: Store, embedder: Embedder,
+                 paths: PathFilter, metrics: Metrics) -> None:
+        self.config, self.changes, self.store, self.embedder = config, changes, store, embedder
+        self.paths, self.metrics = paths, metrics
+        self.batch_size = config.model.batch_size
+        self.max_wait_s = config.model.max_wait_ms / 1000
+        self.last_tick = time.monotonic()  # for health: the loop is alive
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, inputs_done: threading.Event | None = None) -> None:
+        """Process batches until `stop` (finish the batch in hand, then return) or, in burst mode, until
+        `inputs_done` is set and the queue is empty."""
+        while not stop.is_set():
+            batch = self.next_batch(stop, inputs_done)
+            if batch:
+                self.process(batch, stop)
+            elif inputs_done is not None and inputs_done.is_set() and self.changes.empty():
+                return
+
+    def next_batch(self, stop: threading.Event, inputs_done: threading.Event | None = None) -> list[Change]:
+        """Wait for a first change, then collect more until batch_size or max_wait_ms after the first."""
+        batch: list[Change] = []
+        while not batch:
+            self.last_tick = time.monotonic()
+            if stop.is_set() or (inputs_done is not None and inputs_done.is_set() and self.changes.empty()):
+                return []
+            try:
+                batch.append(self.changes.get(timeout=0.1))
+            except queue.Empty:
+                continue
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self.changes.get(timeout=remaining) if remaining > 0 else self.changes.get_nowait())
+            except queue.Empty:
+                break
+        self.metrics.queue_depth.set(self.changes.qsize())
+        return batch
+
+    # --- one batch --------------------------------------------------------------------------------
+
+    def process(self, batch: list[Change], stop: threading.Event | None = None) -> BatchPlan:
+        self.metrics.batch_size.observe(len(batch))
+        involved = [p for c in batch for p in (c.path, c.dest) if p and _storable(p)]
+        known_rows = self._with_retry(lambda: self.store.get_many(involved), stop)
+        if known_rows is None:
+            return BatchPlan()  # stopping while the store is down: the next start's scan redoes this batch
+        plan = self.plan(batch, known_rows)
+        self._embed(plan)
+        ops = self._finish_ops(plan)
+        with self.metrics.stage_seconds.labels("write").time():
+            if self._with_retry(lambda: self.store.apply(ops) or True, stop) is None:
+                return BatchPlan()
+        self.metrics.last_commit.set_to_current_time()
+        for result, n in plan.counts.items():
+            if result != "failed":
+                self.metrics.processed.labels(result).inc(n)
+        log.info("batch_committed", files=len(batch), **{k: v for k, v in plan.counts.items() if v})
+        return plan
+
+    def plan(self, batch: list[Change], rows: dict[str, StoredFile]) -> BatchPlan:
+        """Turn changes into ordered row operations, reading (and decoding) the files that need a vector."""
+        plan = BatchPlan()
+        state: dict[str, _Known | None] = {p: _Known(r.sha256, r.model) for p, r in rows.items()}
+        for change in batch:
+            if change.kind == "upsert":
+                self._plan_upsert(change.path, state, plan)
+            elif change.kind == "move":
+                self._plan_move(change, state, plan)
+            elif change.kind == "delete":
+                if state.get(change.path) and self.config.store.on_delete == "delete":
+                    plan.ops.append(Delete(change.path))
+                    plan.counts["deleted"] += 1
+                state[change.path] = None
+            elif change.kind == "delete_tree" and self.config.store.on_delete == "delete":
+                plan.ops.append(DeleteTree(change.path))
+                prefix = change.path.rstrip(os.sep) + os.sep
+                for p in [p for p in state if p.startswith(prefix)]:
+                    state[p] = None
+        return plan
+
+    def _plan_move(self, change: Change, state: dict[str, _Known | None], plan: BatchPlan) -> None:
+        row = state.get(change.path) if _storable(change.path) else None
+        if row is None or not _storable(change.dest):
+            self._plan_upsert(change.dest, state, plan)  # nothing stored under the old name: ingest the new one
+            return
+        plan.ops.append(Rename(change.path, change.dest))
+        plan.counts["moved"] += 1
+        state[change.dest], state[change.path] = row, None
+
+    def _plan_upsert(self, path: str, state: dict[str, _Known | None], plan: BatchPlan) -> None:
+        model = self.embedder.identity
+        try:
+            with self.metrics.stage_seconds.labels("read").time():
+                file = read_file(path, self.config.watch.max_file_bytes)
+            known = state.get(path)
+            if known is not None and known.sha256 == file.sha256 and known.model == model:
+                plan.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
+                plan.counts["unchanged"] += 1
+                return
+            with self.metrics.stage_seconds.labels("decode").time():
+                image = decode_image(file.data, self.config.model.max_image_pixels)
+        except FileRejected as exc:
+            self._rejected(path, exc, plan)
+            return
+        plan.ops.append(_ToEmbed(file, image))
+        state[path] = _Known(file.sha256, model)
+
+    def _embed(self, plan: BatchPlan) -> None:
+        """One forward pass for every image of the batch; if it fails, embed them one by one so a bad
+        image fails alone."""
+        pending = [op for op in plan.ops if isinstance(op, _ToEmbed)]
+        if not pending:
+            return
+        with self.metrics.stage_seconds.labels("embed").time():
+            try:
+                self.metrics.model_calls.inc()
+                vectors = self.embedder.embed_images([p.image for p in pending])  # type: ignore[misc]
+                for p, v in zip(pending, vectors, strict=True):
+                    p.vector = v
+            except Exception:
+                log.warning("batch_embed_failed", files=len(pending), action="retrying one by one",
+                            exc_info=True)
+                for p in pending:
+                    try:
+                        self.metrics.model_calls.inc()
+                        p.vector = self.embedder.embed_images([p.image])[0]  # type: ignore[list-item]
+                    except Exception as exc:
+                        self._rejected(p.file.path, FileRejected("embed_error", f"the model failed: {exc}"), plan)
+
+    def _finish_ops(self, plan: BatchPlan) -> list[Op]:
+        ops: list[Op] = []
+        model = self.embedder.identity
+        for op in plan.ops:
+            if not isinstance(op, _ToEmbed):
+                ops.append(op)
+            elif op.vector is not None:
+                f = op.file
+                ops.append(Upsert(f.path, f.sha256, f.size, f.mtime, model, op.vector))
+                plan.counts["embedded"] += 1
+                log.debug("embedded", path=f.path, sha256=f.sha256)
+        return ops
+
+    def _rejected(self, path: str, exc: FileRejected, plan: BatchPlan) -> None:
+        if exc.reason == "not_found":  # renamed or deleted since it was queued: its own event follows
+            log.debug("file_gone", path=path)
+            return
+        plan.counts["failed"] += 1
+        self.metrics.rejected(exc)
+        log.warning("file_rejected", path=path, reason=exc.reason, error=str(exc))
+
+    def _with_retry(self, fn: Callable[[], T], stop: threading.Event | None) -> T | None:
+        """Run a store call, retrying with capped exponential backoff while the store is down.
+        Returns None only if `stop` is set while waiting."""
+        for attempt in range(1_000_000):
+            try:
+                result = fn()
+                self.metrics.store_up.set(1)
+                return result
+            except StoreError as exc:
+                self.metrics.store_up.set(0)
+                self.metrics.errors.labels("store", "store_error").inc()
+                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                log.error("store_unavailable", error=str(exc), retry_in_s=delay, attempt=attempt + 1)
+                if stop is not None and stop.wait(delay):
+                    return None
+                if stop is None:
+                    time.sleep(delay)
+                self.last_tick = time.monotonic()
+                self.store.reconnect()
+        return None
+
+
+def _storable(path: str) -> bool:
+    try:
+        check_name(path)
+        return True
+    except FileRejected:
+        return False
