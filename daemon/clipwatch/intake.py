@@ -30,6 +30,7 @@ class _Pending:
     source: Source
     signature: tuple[int, int] | None = None
     stable_since: float = 0.0
+    delete_at: float | None = None  # a file moved out of sight: delete its row then, unless it reappears
 
 
 class Intake:
@@ -68,8 +69,16 @@ class Intake:
     def wait_for_settle(self, path: str, source: Source = "event") -> None:
         with self._lock:
             current = self._pending.get(path)
-            if current is None or not current.wait_close:
+            if current is None or not current.wait_close or current.delete_at is not None:
                 self._pending[path] = _Pending(wait_close=False, source=source)
+
+    def delete_later(self, path: str) -> None:
+        """A file moved somewhere we may not see yet (a directory created a moment ago has no watch until
+        watchdog adds one). Its row is deleted after twice the settle time, unless the path reappears;
+        meanwhile the worker can recognise the file by content at its new name and keep the row."""
+        with self._lock:
+            self._pending[path] = _Pending(wait_close=False, source="event",
+                                           delete_at=time.monotonic() + max(2 * self.settle_s, 1.0))
 
     def put(self, change: Change) -> bool:
         """Block until the queue has room (back-pressure). False if intake was closed meanwhile."""
@@ -91,9 +100,14 @@ class Intake:
     def settle_once(self, now: float | None = None) -> int:
         """Move every file whose size and mtime held still for settle_s to the queue. Returns how many."""
         now = time.monotonic() if now is None else now
-        due: list[tuple[str, Source]] = []
+        due: list[Change] = []
         with self._lock:
             for path, p in list(self._pending.items()):
+                if p.delete_at is not None:
+                    if now >= p.delete_at:
+                        del self._pending[path]
+                        due.append(Change("delete", path, source=p.source))
+                    continue
                 if p.wait_close:
                     continue
                 sig = _signature(path)
@@ -103,9 +117,9 @@ class Intake:
                     p.signature, p.stable_since = sig, now
                 elif now - p.stable_since >= self.settle_s:
                     del self._pending[path]
-                    due.append((path, p.source))
-        for path, source in due:
-            self.put(Change("upsert", path, source=source))
+                    due.append(Change("upsert", path, source=p.source))
+        for change in due:
+            self.put(change)
         return len(due)
 
     def run_settle_loop(self) -> None:

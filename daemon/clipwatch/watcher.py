@@ -83,7 +83,9 @@ class ChangeHandler(FileSystemEventHandler):
         dest_ok = bool(dest) and self.paths.accepts(dest)
         if src_ok and dest_ok:
             self.intake.ready(Change("move", src, dest))
-        elif src_ok:  # renamed to an ignored name, or out of every root
+        elif src_ok and not dest:  # moved out of sight: perhaps into a directory not watched yet
+            self.intake.delete_later(src)
+        elif src_ok:  # renamed to an ignored name
             self.intake.ready(Change("delete", src))
         elif dest_ok:  # x.tmp -> x.jpg, or moved in from outside: complete, since rename is atomic
             self._discovered()

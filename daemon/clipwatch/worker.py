@@ -160,6 +160,12 @@ class Worker:
                 plan.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
                 plan.counts["unchanged"] += 1
                 return
+            moved_from = self._moved_from(file, state) if known is None else None
+            if moved_from is not None:  # a rename whose events we did not see paired: keep the row
+                plan.ops += [Rename(moved_from, path), Touch(path, file.size, file.mtime)]
+                plan.counts["moved"] += 1
+                state[path], state[moved_from] = state.get(moved_from) or _Known(file.sha256, model), None
+                return
             with self.metrics.stage_seconds.labels("decode").time():
                 image = decode_image(file.data, self.config.model.max_image_pixels)
         except FileRejected as exc:
@@ -167,6 +173,22 @@ class Worker:
             return
         plan.ops.append(_ToEmbed(file, image))
         state[path] = _Known(file.sha256, model)
+
+    def _moved_from(self, file: FileBytes, state: dict[str, _Known | None]) -> str | None:
+        """The path of a row with these exact bytes whose file is gone: the file was moved here.
+
+        inotify pairs a rename only when both directories are watched; a directory created a moment
+        before a file is moved into it is not watched yet, and moves made while the daemon was down
+        produce no event at all. Recognising the content keeps the row, its id and its vector."""
+        try:
+            candidates = self.store.find_by_sha256(file.sha256)
+        except StoreError:
+            return None  # the lookup is an optimisation: without it the file is embedded as new
+        for row in candidates:
+            if (row.path != file.path and row.model == self.embedder.identity and (row.path not in state or state[row.path])
+                    and self.paths.root_of(row.path) and not os.path.lexists(row.path)):
+                return row.path
+        return None
 
     def _embed(self, plan: BatchPlan) -> None:
         """One forward pass for every image of the batch; if it fails, embed them one by one so a bad

@@ -113,6 +113,10 @@ class Store(ABC):
     def get_many(self, paths: Sequence[str]) -> dict[str, StoredFile]: ...
 
     @abstractmethod
+    def find_by_sha256(self, sha256: str) -> list[StoredFile]:
+        """Rows of this instance whose file has exactly these bytes."""
+
+    @abstractmethod
     def iter_files(self, directory: str) -> Iterator[StoredFile]:
         """Every row of this instance whose path lies below `directory`."""
 
@@ -204,6 +208,11 @@ class SQLStore(Store):
                                f"WHERE instance = {self.PARAM} AND ({match})", [self.instance, *chunk])
             found.update((r[1], StoredFile(*r)) for r in rows)
         return found
+
+    def find_by_sha256(self, sha256: str) -> list[StoredFile]:
+        rows = self._fetch(f"SELECT id, path, sha256, size, mtime, model, status FROM {self.t} "  # noqa: S608
+                           f"WHERE instance = {self.PARAM} AND sha256 = {self.PARAM}", [self.instance, sha256])
+        return [StoredFile(*r) for r in rows]
 
     def iter_files(self, directory: str) -> Iterator[StoredFile]:
         low, high = _prefix_range(directory)

@@ -1,0 +1,153 @@
+"""`clipwatch run` as a real subprocess: real inotify events, real files, real stores, real signals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipwatch.config import Config
+from clipwatch.store import Store, open_store
+from conftest import clipwatch_command, wait_until, write_image
+
+NAMES = ["plain.jpg", "it's \"quoted\".jpg", "100% off; 50%.png", "new\nline.jpg", "ünïcødé 猫 🐈.webp"]
+
+
+class Daemon:
+    """A running `clipwatch run` whose JSON log lines are collected as they arrive."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(clipwatch_command("run"), env={**os.environ, **env}, text=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.events: list[dict[str, object]] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.raw.append(line)
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def saw(self, event: str) -> bool:
+        if self.proc.poll() is not None and not any(e.get("event") == event for e in self.events):
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{''.join(self.raw)}")
+        return any(e.get("event") == event for e in self.events)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self.proc.kill()  # no-op once it has exited; a hung daemon must not outlive the test
+            self._reader.join(5)
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def daemon_env(store_url: str, make_config: Callable[..., Config], model_dir: Path, table: str,
+               tmp_path: Path) -> dict[str, str]:
+    make_config(store_url)  # validates the same settings the subprocess gets
+    return {
+        "CLIPWATCH_WATCH__PATHS": str(tmp_path / "watched"),
+        "CLIPWATCH_MODEL__NAME": str(model_dir),
+        "CLIPWATCH_MODEL__DEVICE": "cpu",
+        "CLIPWATCH_MODEL__MAX_WAIT_MS": "50",
+        "CLIPWATCH_STORE__URL": store_url,
+        "CLIPWATCH_STORE__TABLE": table,
+        "CLIPWATCH_STORE__INSTANCE": "test",
+        "CLIPWATCH_METRICS__LISTEN": "127.0.0.1:0",
+        "CLIPWATCH_DAEMON__DATA_DIR": str(tmp_path / "data"),
+        "CLIPWATCH_LOG__FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def reader(store_url: str, make_config: Callable[..., Config]) -> Iterator[Store]:
+    store = open_store(make_config(store_url))
+    store.init_schema(512)  # what the daemon does on start; created here so the test can read before that
+    yield store
+    store.close()
+
+
+def rows_under(store: Store, root: Path) -> dict[str, object]:
+    return {f.path: f for f in store.iter_files(str(root))}
+
+
+@pytest.mark.timeout(180)
+def test_daemon_follows_writes_edits_moves_and_deletes_then_stops_on_sigterm(
+        daemon_env: dict[str, str], reader: Store, tmp_path: Path):
+    root = tmp_path / "watched"
+    existing = write_image(root / "before-start.jpg", seed=100)  # found by the start-up scan
+    daemon = Daemon(daemon_env)
+    try:
+        wait_until(lambda: daemon.saw("scan_finished"), timeout=60, what="start-up")
+        wait_until(lambda: str(existing) in rows_under(reader, root), what="the start-up scan's row")
+
+        formats = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
+        files = [write_image(root / n, seed=i, fmt=formats[Path(n).suffix]) for i, n in enumerate(NAMES)]
+        rows = wait_until(lambda: len(r := rows_under(reader, root)) == 6 and r, what="one row per new file")
+        for f in files:
+            row = rows[str(f)]  # the exact name, quotes, %, newline and all
+            assert row.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+            assert row.model == "tiny-clip"
+            vec = reader.get_vector(str(f))
+            assert vec.shape == (512,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
+
+        edited = files[0]
+        write_image(edited, seed=42)
+        new_sha = hashlib.sha256(edited.read_bytes()).hexdigest()
+        wait_until(lambda: rows_under(reader, root)[str(edited)].sha256 == new_sha, what="the edit")
+        assert rows_under(reader, root)[str(edited)].id == rows[str(edited)].id
+
+        (root / "moved here").mkdir()
+        moved_to = root / "moved here" / "renamed.jpg"
+        files[1].rename(moved_to)
+        wait_until(lambda: str(moved_to) in rows_under(reader, root), what="the move")
+        after_move = rows_under(reader, root)
+        assert str(files[1]) not in after_move and after_move[str(moved_to)].id == rows[str(files[1])].id
+
+        upload = root / "upload.jpg.part"  # an upload written under a temporary name, then renamed
+        write_image(upload, seed=77, fmt="JPEG")
+        upload.rename(root / "upload.jpg")
+        wait_until(lambda: str(root / "upload.jpg") in rows_under(reader, root), what="the renamed upload")
+
+        files[2].unlink()
+        wait_until(lambda: str(files[2]) not in rows_under(reader, root), what="the delete")
+        assert not any(p.endswith(".part") for p in rows_under(reader, root))
+    finally:
+        started = time.monotonic()
+        code = daemon.stop()
+    assert code == 0, "".join(daemon.raw)
+    assert time.monotonic() - started < 10
+    assert daemon.saw("stopped")
+
+
+def test_restart_reconciles_what_changed_while_the_daemon_was_down(daemon_env, reader: Store, tmp_path: Path):
+    root = tmp_path / "watched"
+    kept, removed = write_image(root / "kept.jpg", seed=1), write_image(root / "removed.jpg", seed=2)
+    first = Daemon(daemon_env)
+    wait_until(lambda: len(rows_under(reader, root)) == 2, timeout=60, what="first run's rows")
+    assert first.stop() == 0
+    removed.unlink()
+    added = write_image(root / "added.jpg", seed=3)
+    second = Daemon(daemon_env)
+    try:
+        wait_until(lambda: sorted(rows_under(reader, root)) == sorted([str(kept), str(added)]), timeout=60,
+                   what="the reconcile on restart")
+    finally:
+        assert second.stop() == 0

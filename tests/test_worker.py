@@ -1,0 +1,177 @@
+"""The batch worker against real files, the real tiny model and both real stores."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipwatch.changes import Change
+from clipwatch.config import Config
+from clipwatch.embedder import Embedder
+from clipwatch.files import PathFilter
+from clipwatch.metrics import Metrics
+from clipwatch.store import Store, open_store
+from clipwatch.worker import Worker
+from conftest import write_image
+
+
+class CountingEmbedder(Embedder):
+    """The real model; counts forward passes (the behaviour under test is how often it is called)."""
+
+    def __init__(self, real: Embedder) -> None:
+        self.__dict__.update(real.__dict__)
+        self.calls: list[int] = []
+
+    def embed_images(self, images):  # type: ignore[no-untyped-def]
+        self.calls.append(len(images))
+        return super().embed_images(images)
+
+
+class Harness:
+    def __init__(self, config: Config, embedder: Embedder) -> None:
+        self.config = config
+        self.root = Path(config.watch.paths[0])
+        self.store = open_store(config)
+        self.store.init_schema(embedder.dimension)
+        self.embedder = CountingEmbedder(embedder)
+        self.metrics = Metrics()
+        self.changes: queue.Queue[Change] = queue.Queue()
+        paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
+        self.worker = Worker(config, self.changes, self.store, self.embedder, paths, self.metrics)
+
+    def feed(self, *changes: Change) -> None:
+        """Queue the changes, then let the worker drain the queue (burst mode) and return."""
+        for c in changes:
+            self.changes.put(c)
+        done = threading.Event()
+        done.set()
+        self.worker.run(threading.Event(), inputs_done=done)
+
+    def upsert(self, *paths: Path) -> None:
+        self.feed(*(Change("upsert", str(p)) for p in paths))
+
+    def rows(self) -> dict[str, object]:
+        return {f.path: f for f in self.store.iter_files(str(self.root))}
+
+
+@pytest.fixture
+def harness(store_url: str, make_config: Callable[..., Config], embedder: Embedder) -> Iterator[Harness]:
+    h = Harness(make_config(store_url, model__batch_size=16), embedder)
+    yield h
+    h.store.close()
+
+
+def test_fifty_images_take_a_handful_of_model_calls(harness: Harness):
+    files = [write_image(harness.root / f"img{i:02}.jpg", seed=i) for i in range(50)]
+    harness.upsert(*files)
+    assert len(harness.rows()) == 50
+    assert harness.embedder.calls == [16, 16, 16, 2]  # batch_size = 16: one forward pass per batch
+
+
+def test_rows_hold_sha256_unit_vectors_and_the_model(harness: Harness):
+    path = write_image(harness.root / "a.jpg", seed=1)
+    harness.upsert(path)
+    row = harness.rows()[str(path)]
+    assert row.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (row.size, row.mtime, row.model) == (path.stat().st_size, path.stat().st_mtime, "tiny-clip")
+    vec = harness.store.get_vector(str(path))
+    assert vec.shape == (512,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
+    assert np.allclose(vec, harness.embedder.embed_images([_rgb(path)])[0], atol=1e-5)
+
+
+def _rgb(path: Path):  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def test_unchanged_content_is_not_embedded_again(harness: Harness):
+    path = write_image(harness.root / "a.jpg", seed=1)
+    harness.upsert(path)
+    os.utime(path, (1_600_000_000, 1_600_000_000))  # touched, same bytes
+    harness.upsert(path)
+    assert harness.embedder.calls == [1]
+    assert harness.rows()[str(path)].mtime == 1_600_000_000
+
+
+def test_new_content_is_re_embedded_in_place(harness: Harness):
+    path = write_image(harness.root / "a.jpg", seed=1)
+    harness.upsert(path)
+    before = harness.rows()[str(path)]
+    old_vector = harness.store.get_vector(str(path))
+    write_image(path, seed=2)
+    harness.upsert(path)
+    after = harness.rows()[str(path)]
+    assert after.id == before.id and after.sha256 != before.sha256
+    assert not np.allclose(harness.store.get_vector(str(path)), old_vector)
+
+
+def test_move_keeps_the_row_and_its_vector_without_embedding(harness: Harness):
+    src = write_image(harness.root / "a.jpg", seed=1)
+    harness.upsert(src)
+    before, vector = harness.rows()[str(src)], harness.store.get_vector(str(src))
+    (harness.root / "sub").mkdir()
+    dest = harness.root / "sub" / "b.jpg"
+    src.rename(dest)
+    harness.feed(Change("move", str(src), str(dest)))
+    rows = harness.rows()
+    assert list(rows) == [str(dest)] and rows[str(dest)].id == before.id
+    assert np.array_equal(harness.store.get_vector(str(dest)), vector)
+    assert harness.embedder.calls == [1]
+
+
+def test_write_then_rename_in_one_batch_lands_under_the_final_name(harness: Harness):
+    tmp = write_image(harness.root / "upload.jpg", seed=3)
+    final = harness.root / "final.jpg"
+    tmp.rename(final)
+    harness.feed(Change("upsert", str(tmp)), Change("move", str(tmp), str(final)))
+    assert list(harness.rows()) == [str(final)]
+
+
+def test_delete_removes_the_row_and_keep_leaves_it(harness: Harness, make_config, embedder: Embedder, store_url):
+    path = write_image(harness.root / "a.jpg", seed=1)
+    harness.upsert(path)
+    path.unlink()
+    keeper = Harness(make_config(store_url, store__on_delete="keep"), embedder)
+    keeper.feed(Change("delete", str(path)))
+    assert str(path) in keeper.rows()
+    keeper.store.close()
+    harness.feed(Change("delete", str(path)))
+    assert harness.rows() == {}
+
+
+def test_a_broken_file_fails_alone_and_is_counted(harness: Harness):
+    good = [write_image(harness.root / f"ok{i}.jpg", seed=i) for i in range(3)]
+    (harness.root / "text.jpg").write_text("this is not a JPEG")
+    (harness.root / "empty.png").write_bytes(b"")
+    truncated = harness.root / "truncated.jpg"
+    truncated.write_bytes(write_image(harness.root / "full.jpg", seed=9).read_bytes()[:300])
+    harness.upsert(*good, harness.root / "text.jpg", harness.root / "empty.png", truncated)
+    assert sorted(harness.rows()) == sorted(str(p) for p in good)
+    errors = harness.metrics.registry.get_sample_value
+    assert errors("clipwatch_errors_total", {"stage": "decode", "reason": "not_an_image"}) == 1
+    assert errors("clipwatch_errors_total", {"stage": "read", "reason": "empty"}) == 1
+    assert errors("clipwatch_errors_total", {"stage": "decode", "reason": "decode_error"}) == 1
+    assert harness.embedder.calls == [3]
+
+
+def test_a_file_gone_before_it_is_read_is_skipped_quietly(harness: Harness):
+    harness.upsert(harness.root / "vanished.jpg")
+    assert harness.rows() == {}
+    assert harness.metrics.processed_count("failed") == 0
+
+
+def test_rows_of_another_model_are_re_embedded(harness: Harness):
+    path = write_image(harness.root / "a.jpg", seed=1)
+    harness.upsert(path)
+    harness.embedder.identity = "another-model"
+    harness.upsert(path)
+    assert harness.embedder.calls == [1, 1]
+    assert harness.rows()[str(path)].model == "another-model"
