@@ -136,7 +136,8 @@ def test_mysql_column_is_a_vector_of_the_model_dimension(open_test_store: Callab
 
     store = open_test_store(mysql_url())
     store.apply([upsert("/a/x.jpg", 7)])
-    rows = store._execute_plain(f"SELECT VECTOR_DIM(embedding), COLUMN_TYPE FROM `{table}`, "  # type: ignore[attr-defined]
+    rows = store._execute_plain(  # type: ignore[attr-defined]
+        f"SELECT VECTOR_DIM(embedding), COLUMN_TYPE FROM `{table}`, "  # noqa: S608 - a name made by the fixture
                                 "information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
                                 "AND TABLE_NAME = %s AND COLUMN_NAME = 'embedding'", (table,))
     assert rows == [(512, "vector(512)")]

@@ -17,7 +17,7 @@ from clipwatch.config import Config
 from clipwatch.embedder import Embedder
 from clipwatch.files import PathFilter
 from clipwatch.metrics import Metrics
-from clipwatch.store import Store, open_store
+from clipwatch.store import open_store
 from clipwatch.worker import Worker
 from conftest import write_image
 

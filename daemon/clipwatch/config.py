@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    url: str = ""
+    url: str = field(default="", repr=False)  # may hold a password: shown only through StoreURL.redacted()
     table: str = "images"
     on_delete: Literal["delete", "keep"] = "delete"
     instance: str = ""

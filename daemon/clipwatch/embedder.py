@@ -6,8 +6,10 @@ Nothing else in clipwatch knows the model is torch and sentence-transformers.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -21,6 +23,11 @@ log = get_logger(__name__)
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+HOW_TO_FIX = ("Without network access, copy the model directory to this machine (for example with "
+              "`hf download sentence-transformers/clip-ViT-B-32 --local-dir clip-ViT-B-32` elsewhere) and set "
+              "model.name (or CLIPWATCH_MODEL__NAME) to that directory.")
 
 
 def model_identity(name: str) -> str:
@@ -61,15 +68,23 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         self.device = resolve_device(self.device_setting)
+        options: dict[str, Any] = dict(device=self.device, cache_folder=self.cache_dir or None)
+        if self.name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(self.name)):
+            raise ModelLoadError(f"model.name = {self.name!r} could not be loaded: there is no such directory. "
+                                 "Point model.name (or CLIPWATCH_MODEL__NAME) at the directory that holds the "
+                                 "model (its config.json and weights), or give a hub id such as clip-ViT-B-32.")
         try:
-            self._model = SentenceTransformer(self.name, device=self.device, cache_folder=self.cache_dir or None)
+            if os.path.isdir(self.name):
+                self._model = SentenceTransformer(self.name, **options)
+            else:
+                self._model = self._load_from_hub(SentenceTransformer, options)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # the library raises many types: OSError, HTTP errors, ValueError...
             raise ModelLoadError(
                 f"model.name = {self.name!r} could not be loaded ({type(exc).__name__}: {_first_line(exc)}). "
                 "It must be a sentence-transformers model id that can be downloaded from the Hugging Face hub, "
-                "or a local directory holding the model. Without network access, copy the model directory "
-                "to this machine (for example with `hf download sentence-transformers/clip-ViT-B-32` "
-                "elsewhere) and set model.name (or CLIPWATCH_MODEL__NAME) to that directory.") from None
+                "or a local directory holding the model. " + HOW_TO_FIX) from None
         try:
             probe = self.embed_images([Image.new("RGB", (64, 64), (127, 127, 127))])
         except Exception as exc:
@@ -77,6 +92,24 @@ class Embedder:
                                  f"({type(exc).__name__}: {_first_line(exc)}); is it a CLIP model?") from None
         self.dimension = int(probe.shape[1])
         log.info("model_loaded", model=self.name, device=self.device, dimension=self.dimension)
+
+    def _load_from_hub(self, loader: Any, options: dict[str, Any]) -> Any:
+        """The cached copy if there is one; else download, after checking that the hub answers at all
+        (without a network the hub client retries for over a minute before it gives up)."""
+        try:
+            return loader(self.name, local_files_only=True, **options)
+        except Exception:
+            pass
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise ModelLoadError(f"model.name = {self.name!r} is not a local directory and is not in the model "
+                                 "cache, and HF_HUB_OFFLINE is set. " + HOW_TO_FIX)
+        endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        try:
+            socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=10).close()
+        except OSError as exc:
+            raise ModelLoadError(f"model.name = {self.name!r} is not a local directory and is not cached, and the "
+                                 f"model hub {endpoint.hostname} cannot be reached ({exc}). " + HOW_TO_FIX) from None
+        return loader(self.name, **options)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One forward pass for the whole list; returns an (n, dimension) float32 array of unit vectors."""

@@ -30,6 +30,9 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     )
     # Libraries we call (transformers, watchdog, urllib3) log through the standard library.
     logging.basicConfig(level=max(LEVELS[level], logging.WARNING), stream=sys.stderr, force=True)
+    # The model hub client logs every retry of a failed download; our own error says what went wrong.
+    for noisy in ("huggingface_hub", "transformers", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

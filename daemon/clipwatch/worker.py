@@ -185,7 +185,8 @@ class Worker:
         except StoreError:
             return None  # the lookup is an optimisation: without it the file is embedded as new
         for row in candidates:
-            if (row.path != file.path and row.model == self.embedder.identity and (row.path not in state or state[row.path])
+            still_there = row.path not in state or state[row.path] is not None  # not moved or deleted in this batch
+            if (row.path != file.path and row.model == self.embedder.identity and still_there
                     and self.paths.root_of(row.path) and not os.path.lexists(row.path)):
                 return row.path
         return None

@@ -1,0 +1,102 @@
+"""The `clipwatch` command as a user runs it: exit codes, messages, `scan`, `db init`, `db status`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_image
+
+
+@pytest.fixture
+def env(tmp_path: Path, model_dir: Path, store_url: str, table: str) -> dict[str, str]:
+    (tmp_path / "watched").mkdir()
+    return {
+        "CLIPWATCH_WATCH__PATHS": str(tmp_path / "watched"),
+        "CLIPWATCH_MODEL__NAME": str(model_dir),
+        "CLIPWATCH_MODEL__DEVICE": "cpu",
+        "CLIPWATCH_STORE__URL": store_url,
+        "CLIPWATCH_STORE__TABLE": table,
+        "CLIPWATCH_METRICS__LISTEN": "",
+        "CLIPWATCH_LOG__FORMAT": "json",
+        "CLIPWATCH_DAEMON__DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+def test_scan_ingests_once_and_reports_a_summary(env: dict[str, str], tmp_path: Path):
+    root = tmp_path / "watched"
+    for i in range(3):
+        write_image(root / f"{i}.jpg", seed=i)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / ".hidden.jpg").write_bytes(b"ignored")
+    (root / "notes.txt").write_text("not an image type")
+    first = run_cli("scan", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "4 image files, 4 new or changed, 0 gone; embedded 3, unchanged 0, deleted 0, failed 1" in first.stdout
+    (root / "0.jpg").unlink()
+    second = run_cli("scan", env=env)
+    assert "3 image files, 1 new or changed, 1 gone; embedded 0, unchanged 0, deleted 1, failed 1" in second.stdout
+
+    status = run_cli("db", "status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["dimension"] == 512
+    assert report["rows"] == [{"status": "ok", "model": "tiny-clip", "count": 2}]
+
+
+def test_db_init_creates_the_table_without_loading_the_model(env: dict[str, str]):
+    env = {**env, "CLIPWATCH_MODEL__NAME": "/no/model/needed/here"}
+    created = run_cli("db", "init", "--dimension", "512", env=env)
+    assert created.returncode == 0, created.stderr
+    assert "created (vectors of dimension 512)" in created.stdout
+    again = run_cli("db", "init", "--dimension", "768", env=env)
+    assert again.returncode == 1
+    assert "holds 512-dimensional vectors" in again.stderr
+
+
+def test_a_model_that_cannot_load_exits_non_zero_with_one_clear_message(env: dict[str, str]):
+    result = run_cli("run", env={**env, "CLIPWATCH_MODEL__NAME": "/opt/models/missing-clip"})
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("clipwatch: model.name = '/opt/models/missing-clip' could not be loaded")
+    assert "there is no such directory. Point model.name (or CLIPWATCH_MODEL__NAME) at the directory" in message
+
+
+def test_a_hub_id_without_network_or_cache_fails_fast_and_says_so(env: dict[str, str], tmp_path: Path):
+    # HF_HUB_OFFLINE is what an operator sets on an offline host; this machine has no hub either way.
+    result = run_cli("run", env={**env, "CLIPWATCH_MODEL__NAME": "clip-ViT-B-32", "HF_HUB_OFFLINE": "1",
+                                 "HF_HOME": str(tmp_path / "empty-cache")}, timeout=60)
+    assert result.returncode == 1
+    assert "is not a local directory and is not in the model cache" in result.stderr
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_configuration_errors_exit_2_and_name_the_key(env: dict[str, str]):
+    result = run_cli("run", env={**env, "CLIPWATCH_MODEL__BATCH_SIZE": "lots"})
+    assert result.returncode == 2
+    assert "configuration error: model.batch_size: expected an integer, got 'lots'" in result.stderr
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_missing_watch_directory_is_named(env: dict[str, str], tmp_path: Path):
+    result = run_cli("run", env={**env, "CLIPWATCH_WATCH__PATHS": str(tmp_path / "nope")})
+    assert result.returncode == 2
+    assert f"watch.paths: '{tmp_path / 'nope'}' is not an existing directory" in result.stderr
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_an_unreachable_database_is_reported_without_the_password(env: dict[str, str]):
+    result = run_cli("db", "status", env={**env, "CLIPWATCH_STORE__URL": "mysql://clip:hunter2@127.0.0.1:1/clip"})
+    assert result.returncode == 1
+    assert "cannot connect to mysql://clip@127.0.0.1:1/clip" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_every_command_has_useful_help():
+    for args in (["--help"], ["run", "--help"], ["scan", "--help"], ["db", "init", "--help"],
+                 ["db", "status", "--help"]):
+        result = run_cli(*args, env={})
+        assert result.returncode == 0 and len(result.stdout) > 200, args
+    assert "--dimension" in run_cli("db", "init", "--help", env={}).stdout
