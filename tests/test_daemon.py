@@ -84,6 +84,17 @@ def reader(store_url: str, make_config: Callable[..., Config]) -> Iterator[Store
     store.close()
 
 
+def scrape(daemon: Daemon) -> dict[str, float]:
+    """GET /metrics from the address the daemon logged; sample name with labels -> value."""
+    import urllib.request
+
+    address = next(e["address"] for e in daemon.events if e.get("event") == "metrics_listening")
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def rows_under(store: Store, root: Path) -> dict[str, object]:
     return {f.path: f for f in store.iter_files(str(root))}
 
@@ -129,6 +140,12 @@ def test_daemon_follows_writes_edits_moves_and_deletes_then_stops_on_sigterm(
         files[2].unlink()
         wait_until(lambda: str(files[2]) not in rows_under(reader, root), what="the delete")
         assert not any(p.endswith(".part") for p in rows_under(reader, root))
+
+        metrics = scrape(daemon)
+        assert metrics['clipwatch_files_processed_total{result="embedded"}'] >= 8
+        assert metrics['clipwatch_files_processed_total{result="deleted"}'] == 1
+        assert metrics["clipwatch_model_calls_total"] < metrics['clipwatch_files_processed_total{result="embedded"}']
+        assert metrics["clipwatch_queue_capacity"] == 1024
     finally:
         started = time.monotonic()
         code = daemon.stop()

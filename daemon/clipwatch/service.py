@@ -32,11 +32,11 @@ log = get_logger(__name__)
 
 
 class Service:
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None, embedder: Embedder | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
-        self.embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        self.embedder = embedder or Embedder(config.model.name, config.model.device, config.model.cache_dir)
         self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
         self.stop_event = threading.Event()
         self.store: Store | None = None
@@ -55,7 +55,8 @@ class Service:
             raise ConfigError("watch.paths: expected at least one directory to watch")
         self.store = open_store(self.config)
         self.metrics.store_up.set(1)
-        self.embedder.load()
+        if not self.embedder.dimension:
+            self.embedder.load()
         if self.store.init_schema(self.embedder.dimension):
             log.info("table_created", store=self.store.location(), table=self.config.store.table,
                      dimension=self.embedder.dimension)
@@ -75,10 +76,12 @@ class Service:
 
     # --- modes --------------------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """The daemon: watch, scan once, process until SIGTERM/SIGINT, then stop gracefully. Returns 0."""
+    def run(self, handle_signals: bool = True) -> int:
+        """The daemon: watch, scan once, process until SIGTERM/SIGINT (or `stop_event`), then stop
+        gracefully. Returns 0."""
         assert self.worker is not None
-        self._install_signal_handlers()
+        if handle_signals:
+            self._install_signal_handlers()
         watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
         watcher.start()  # watches first, so nothing changed during the scan is missed
         threads = [
