@@ -100,3 +100,31 @@ def test_every_command_has_useful_help():
         result = run_cli(*args, env={})
         assert result.returncode == 0 and len(result.stdout) > 200, args
     assert "--dimension" in run_cli("db", "init", "--help", env={}).stdout
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
+def test_the_documented_least_privilege_user_is_enough(env: dict[str, str], tmp_path: Path):
+    from clipwatch.config import parse_store_url
+    from clipwatch.store.mysql import MySQLStore
+    from conftest import mysql_url
+
+    admin_url = parse_store_url(mysql_url())
+    admin = MySQLStore(admin_url, "", "unused", "test")
+    sql = (Path(__file__).parent.parent / "config" / "mysql-setup.sql").read_text()
+    statements = "\n".join(line for line in sql.splitlines() if not line.startswith("--")).split(";")
+    try:
+        admin._execute_plain("DROP DATABASE IF EXISTS clipwatch")
+        admin._execute_plain("DROP USER IF EXISTS 'clipwatch'@'%'")
+        for statement in filter(str.strip, statements):
+            admin._execute_plain(statement.replace("change-me", "t3st-pw"))
+        write_image(tmp_path / "watched" / "a.jpg", seed=1)
+        user_env = {**env, "CLIPWATCH_STORE__URL": f"mysql://clipwatch@{admin_url.host}:{admin_url.port}/clipwatch",
+                    "CLIPWATCH_STORE__PASSWORD": "t3st-pw"}
+        scan = run_cli("scan", env=user_env)
+        assert scan.returncode == 0, scan.stderr
+        assert "embedded 1" in scan.stdout
+    finally:
+        admin._execute_plain("DROP DATABASE IF EXISTS clipwatch")
+        admin._execute_plain("DROP USER IF EXISTS 'clipwatch'@'%'")
+        admin.close()

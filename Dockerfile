@@ -1,0 +1,33 @@
+# clipwatch in a container: CPU build by default.
+#   docker build -t clipwatch .
+#   docker run -v /srv/uploads:/srv/uploads:ro -v clipwatch-models:/models -v clipwatch-data:/data \
+#     -e CLIPWATCH_WATCH__PATHS=/srv/uploads -e CLIPWATCH_STORE__URL=mysql://clipwatch@db:3306/clipwatch \
+#     -e CLIPWATCH_STORE__PASSWORD_FILE=/run/secrets/db-password clipwatch
+# TORCH_INDEX selects the torch build: the CPU wheels by default, e.g. .../whl/cu124 for CUDA.
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN python -m venv /opt/clipwatch
+ENV PATH=/opt/clipwatch/bin:$PATH
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
+COPY pyproject.toml README.md /src/
+COPY daemon /src/daemon
+RUN pip install --no-cache-dir /src
+
+FROM python:${PYTHON_VERSION}-slim
+COPY --from=build /opt/clipwatch /opt/clipwatch
+RUN useradd --system --uid 10001 --home-dir /data --no-create-home clipwatch \
+    && mkdir -p /data /models && chown clipwatch /data /models
+ENV PATH=/opt/clipwatch/bin:$PATH \
+    HF_HOME=/models \
+    CLIPWATCH_DAEMON__DATA_DIR=/data \
+    CLIPWATCH_METRICS__LISTEN=0.0.0.0:9464 \
+    CLIPWATCH_LOG__FORMAT=json
+VOLUME ["/models", "/data"]
+EXPOSE 9464
+USER clipwatch
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["clipwatch"]
+CMD ["run"]
