@@ -15,7 +15,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${CLIPWATCH_CACHE:-$HOME/.cache/clipwatch}
 prefix=$cache/mysql9-prefix
 state=${CLIPWATCH_MYSQL_DIR:-$here/.mysql9}
-port=${CLIPWATCH_MYSQL_PORT:-33069}
+port=${CLIPWATCH_MYSQL_PORT:-}
 mirror=${CLIPWATCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 db=clipwatch_test
 
@@ -56,9 +56,21 @@ provision() {
 
 ping() { run_bin bin/mysqladmin --no-defaults --socket="$state/mysql.sock" -uroot ping >/dev/null 2>&1; }
 
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+choose_port() {  # the port this data dir used last time, else 33069, else any free one
+  [ -n "$port" ] && return 0
+  port=$(cat "$state/port" 2>/dev/null || echo 33069)
+  if ! ping && port_in_use "$port"; then
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  fi
+  echo "$port" >"$state/port"
+}
+
 start() {
   provision
   mkdir -p "$state"
+  choose_port
   if ! ping; then
     if [ ! -d "$state/data/mysql" ]; then
       rm -rf "$state/data"
