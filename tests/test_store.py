@@ -141,3 +141,16 @@ def test_mysql_column_is_a_vector_of_the_model_dimension(open_test_store: Callab
                                 "information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
                                 "AND TABLE_NAME = %s AND COLUMN_NAME = 'embedding'", (table,))
     assert rows == [(512, "vector(512)")]
+
+
+def test_replaying_a_committed_batch_changes_nothing(store_url: str, open_test_store: Callable[..., Store]):
+    # A batch is retried when its commit's outcome is unknown (the connection dropped): replaying it
+    # after it did commit must not lose the renamed row or duplicate anything.
+    store = open_test_store(store_url)
+    store.apply([upsert("/a/x.jpg", 1)])
+    batch = [Rename("/a/x.jpg", "/a/y.jpg"), upsert("/a/z.jpg", 2), Delete("/a/gone.jpg")]
+    store.apply(batch)
+    store.apply(batch)
+    rows = store.get_many(["/a/x.jpg", "/a/y.jpg", "/a/z.jpg"])
+    assert sorted(rows) == ["/a/y.jpg", "/a/z.jpg"]
+    assert np.array_equal(store.get_vector("/a/y.jpg"), unit(1))

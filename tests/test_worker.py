@@ -175,3 +175,21 @@ def test_rows_of_another_model_are_re_embedded(harness: Harness):
     harness.upsert(path)
     assert harness.embedder.calls == [1, 1]
     assert harness.rows()[str(path)].model == "another-model"
+
+
+def test_the_worker_survives_an_unexpected_error_and_goes_on(harness: Harness):
+    # A driver bug cannot be produced on demand, so the store's first write raises one (a stand-in).
+    real_apply, calls = harness.store.apply, []
+
+    def apply_once_broken(ops):  # type: ignore[no-untyped-def]
+        calls.append(len(ops))
+        if len(calls) == 1:
+            raise RuntimeError("driver bug")
+        return real_apply(ops)
+
+    harness.store.apply = apply_once_broken  # type: ignore[method-assign]
+    harness.upsert(write_image(harness.root / "a.jpg", seed=1))
+    harness.upsert(write_image(harness.root / "b.jpg", seed=2))
+    assert list(harness.rows()) == [str(harness.root / "b.jpg")]
+    assert harness.metrics.registry.get_sample_value(
+        "clipwatch_errors_total", {"stage": "worker", "reason": "unexpected"}) == 1

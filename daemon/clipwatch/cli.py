@@ -83,24 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(config: Config) -> int:
     from .service import Service
 
-    service = Service(config)
-    try:
-        service.open()
-    except BaseException:
-        service.close()
-        raise
-    return service.run()
+    return Service.opened(config).run()
 
 
 def cmd_scan(config: Config) -> int:
     from .service import Service
 
-    service = Service(config)
-    try:
-        service.open()
-    except BaseException:
-        service.close()
-        raise
+    service = Service.opened(config)
     progress = _progress if sys.stderr.isatty() else None
     counts = service.scan(progress)
     if progress:

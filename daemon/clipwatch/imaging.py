@@ -36,6 +36,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise FileRejected("too_many_pixels", str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise FileRejected("decode_error", f"broken image data: {exc}") from None
+    except Exception as exc:  # hostile files reach odd corners of the decoders (struct.error, IndexError...)
+        raise FileRejected("decode_error", f"broken image data ({type(exc).__name__}: {exc})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

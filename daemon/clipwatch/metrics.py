@@ -16,7 +16,8 @@ STAGES = ("read", "decode", "embed", "write")
 ERROR_STAGES = {"read": ("not_found", "not_a_file", "empty", "too_large", "unreadable", "bad_name"),
                 "decode": ("not_an_image", "decode_error", "too_many_pixels"),
                 "embed": ("embed_error",),
-                "store": ("store_error",)}
+                "store": ("store_error",),
+                "worker": ("unexpected",)}
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -46,6 +46,17 @@ class Service:
 
     # --- start-up ---------------------------------------------------------------------------------
 
+    @classmethod
+    def opened(cls, config: Config) -> Service:
+        """A service with its store connected and model loaded; nothing left open if that fails."""
+        service = cls(config)
+        try:
+            service.open()
+        except BaseException:
+            service.close()
+            raise
+        return service
+
     def open(self) -> None:
         """Check the roots, connect to the store, load the model, create the table if missing."""
         for root in self.config.watch.paths:

@@ -74,7 +74,7 @@ class Worker:
         while not stop.is_set():
             batch = self.next_batch(stop, inputs_done)
             if batch:
-                self.process(batch, stop)
+                self._process_guarded(batch, stop)
             elif inputs_done is not None and inputs_done.is_set() and self.changes.empty():
                 return
 
@@ -98,6 +98,15 @@ class Worker:
                 break
         self.metrics.queue_depth.set(self.changes.qsize())
         return batch
+
+    def _process_guarded(self, batch: list[Change], stop: threading.Event) -> None:
+        """The worker never dies of one batch: an unexpected error drops the batch (logged and counted);
+        its files are still on disk and the next scan takes them again."""
+        try:
+            self.process(batch, stop)
+        except Exception:
+            self.metrics.errors.labels("worker", "unexpected").inc()
+            log.exception("batch_failed", files=len(batch), paths=[c.path for c in batch[:5]])
 
     # --- one batch --------------------------------------------------------------------------------
 

@@ -256,6 +256,11 @@ class SQLStore(Store):
                             f"WHERE instance = {p} AND {where}", [(o.size, o.mtime, inst, o.path) for o in ops])
         elif kind is Rename:
             for o in ops:  # one at a time: a rename may free the name the next one takes
+                # Only when the source row is there: a batch retried after an ambiguous commit must not
+                # delete the row it already renamed.
+                cur.execute(f"SELECT id FROM {t} WHERE instance = {p} AND {where}", (inst, o.src))  # noqa: S608
+                if not cur.fetchall():
+                    continue
                 cur.execute(f"DELETE FROM {t} WHERE instance = {p} AND {where}", (inst, o.dest))  # noqa: S608
                 cur.execute(f"UPDATE {t} SET path = {p}, updated_at = {now} "  # noqa: S608
                             f"WHERE instance = {p} AND {where}", (o.dest, inst, o.src))
