@@ -103,8 +103,11 @@ def cmd_scan(config: Config) -> int:
 
 
 def _progress(counts: ScanCounts, metrics: Metrics) -> None:
-    processed = sum(metrics.processed_count(r) for r in ("embedded", "unchanged", "deleted", "failed"))
-    print(f"\rscanned {counts.files} files, {counts.queued + counts.gone} to do, {processed} done ",
+    """A one-line progress bar on stderr: work done of the work found so far (the walk may still be going)."""
+    done = sum(metrics.processed_count(r) for r in ("embedded", "unchanged", "moved", "deleted", "failed"))
+    todo = max(counts.queued + counts.gone, done, 1)
+    filled = int(30 * done / todo)
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{todo} done, {counts.files} image files scanned ",
           end="", file=sys.stderr, flush=True)
 
 

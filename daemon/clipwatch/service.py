@@ -127,6 +127,8 @@ class Service:
                 worker.join(0.25)
                 if on_progress:
                     on_progress(self.scan_counts, self.metrics)
+            if on_progress:
+                on_progress(self.scan_counts, self.metrics)
         finally:
             inputs_done.set()
             worker.join()
