@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +14,7 @@ import pytest
 from clipwatch.changes import Change
 from clipwatch.config import Config
 from clipwatch.embedder import Embedder
-from clipwatch.files import PathFilter
-from clipwatch.metrics import Metrics
-from clipwatch.store import open_store
-from clipwatch.worker import Worker
+from clipwatch.service import Service
 from conftest import write_image
 
 
@@ -35,16 +31,17 @@ class CountingEmbedder(Embedder):
 
 
 class Harness:
+    """The real wiring (`Service.open`), driven batch by batch instead of by the watcher."""
+
     def __init__(self, config: Config, embedder: Embedder) -> None:
         self.config = config
         self.root = Path(config.watch.paths[0])
-        self.store = open_store(config)
-        self.store.init_schema(embedder.dimension)
         self.embedder = CountingEmbedder(embedder)
-        self.metrics = Metrics()
-        self.changes: queue.Queue[Change] = queue.Queue()
-        paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
-        self.worker = Worker(config, self.changes, self.store, self.embedder, paths, self.metrics)
+        self.service = Service(config, embedder=self.embedder)
+        self.service.open()
+        assert self.service.store is not None and self.service.worker is not None
+        self.store, self.worker, self.metrics = self.service.store, self.service.worker, self.service.metrics
+        self.changes = self.service.intake.queue
 
     def feed(self, *changes: Change) -> None:
         """Queue the changes, then let the worker drain the queue (burst mode) and return."""
@@ -65,7 +62,7 @@ class Harness:
 def harness(store_url: str, make_config: Callable[..., Config], embedder: Embedder) -> Iterator[Harness]:
     h = Harness(make_config(store_url, model__batch_size=16), embedder)
     yield h
-    h.store.close()
+    h.service.close()
 
 
 def test_fifty_images_take_a_handful_of_model_calls(harness: Harness):
@@ -142,7 +139,7 @@ def test_delete_removes_the_row_and_keep_leaves_it(harness: Harness, make_config
     keeper = Harness(make_config(store_url, store__on_delete="keep"), embedder)
     keeper.feed(Change("delete", str(path)))
     assert str(path) in keeper.rows()
-    keeper.store.close()
+    keeper.service.close()
     harness.feed(Change("delete", str(path)))
     assert harness.rows() == {}
 

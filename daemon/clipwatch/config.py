@@ -67,6 +67,33 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    sync_interval_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class DuplicatesConfig:
+    enabled: bool = True
+    threshold: float = 0.97
+    action: Literal["flag", "quarantine", "reject"] = "flag"
+
+
+@dataclass(frozen=True)
+class ProhibitedConfig:
+    reference_dir: str = ""
+    prompts: tuple[str, ...] = ()
+    image_threshold: float = 0.90
+    text_threshold: float = 0.30
+    action: Literal["flag", "quarantine", "reject"] = "quarantine"
+    refresh_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    dir: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9464"
 
@@ -88,6 +115,10 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    duplicates: DuplicatesConfig = field(default_factory=DuplicatesConfig)
+    prohibited: ProhibitedConfig = field(default_factory=ProhibitedConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -170,6 +201,10 @@ SECTIONS: dict[str, type] = {
     "watch": WatchConfig,
     "model": ModelConfig,
     "store": StoreConfig,
+    "index": IndexConfig,
+    "duplicates": DuplicatesConfig,
+    "prohibited": ProhibitedConfig,
+    "quarantine": QuarantineConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
     "daemon": DaemonConfig,
@@ -282,15 +317,38 @@ def _validate(config: Config) -> Config:
         raise ConfigError("model.name: expected a model id (e.g. clip-ViT-B-32) or a local directory")
     _parse_listen(config.metrics.listen)
     config.store_url  # noqa: B018 - parses store.url now, so that a bad URL fails at start
-    paths = tuple(os.path.abspath(os.path.expanduser(p)) for p in w.paths)
+    _unit_interval("duplicates.threshold", config.duplicates.threshold)
+    _unit_interval("prohibited.image_threshold", config.prohibited.image_threshold)
+    _unit_interval("prohibited.text_threshold", config.prohibited.text_threshold)
+    if config.index.sync_interval_s <= 0 or config.prohibited.refresh_interval_s <= 0:
+        raise ConfigError("index.sync_interval_s and prohibited.refresh_interval_s: expected a number > 0")
+    paths = tuple(_absolute(p) for p in w.paths)
     exts = tuple(e.lower().lstrip(".") for e in w.extensions)
-    data_dir = os.path.abspath(os.path.expanduser(d.data_dir or default_data_dir()))
+    data_dir = _absolute(d.data_dir or default_data_dir())
+    quarantine = _absolute(config.quarantine.dir or os.path.join(data_dir, "quarantine"))
+    reference_dir = _absolute(config.prohibited.reference_dir) if config.prohibited.reference_dir else ""
+    for key, inner in (("quarantine.dir", quarantine), ("prohibited.reference_dir", reference_dir)):
+        for root in paths:
+            if inner and (inner == root or inner.startswith(root.rstrip(os.sep) + os.sep)):
+                raise ConfigError(f"{key}: {inner!r} is inside the watched directory {root!r}; its files would "
+                                  "be ingested as uploads. Put it outside every watch.paths entry")
     return dataclasses.replace(
         config,
         watch=dataclasses.replace(w, paths=paths, extensions=exts),
         store=dataclasses.replace(s, instance=s.instance or socket.gethostname()),
         daemon=dataclasses.replace(d, data_dir=data_dir),
+        quarantine=QuarantineConfig(dir=quarantine),
+        prohibited=dataclasses.replace(config.prohibited, reference_dir=reference_dir),
     )
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _unit_interval(key: str, value: float) -> None:
+    if not -1.0 <= value <= 1.0:
+        raise ConfigError(f"{key}: expected a cosine similarity between -1 and 1, got {value}")
 
 
 def _positive(key: str, value: int, minimum: int) -> None:

@@ -11,8 +11,11 @@ from . import __version__
 from .errors import FileRejected
 
 SOURCES = ("event", "scan")
-RESULTS = ("embedded", "unchanged", "moved", "deleted", "failed")
-STAGES = ("read", "decode", "embed", "write")
+RESULTS = ("embedded", "unchanged", "moved", "deleted", "failed", "rejected")
+STAGES = ("read", "decode", "embed", "check", "write")
+VERDICTS = ("duplicate", "prohibited")
+ACTIONS = ("flag", "quarantine", "reject")
+SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)
 ERROR_STAGES = {"read": ("not_found", "not_a_file", "empty", "too_large", "unreadable", "bad_name"),
                 "decode": ("not_an_image", "decode_error", "too_many_pixels"),
                 "embed": ("embed_error",),
@@ -46,6 +49,17 @@ class Metrics:
         self.last_commit = Gauge("clipwatch_last_commit_timestamp_seconds",
                                  "Unix time of the last committed batch", registry=r)
         self.store_up = Gauge("clipwatch_store_up", "1 when the last store operation succeeded", registry=r)
+        self.verdicts = Counter("clipwatch_verdicts_total", "Images judged duplicate or prohibited, by action",
+                                ["kind", "action"], registry=r)
+        self.best_match = Histogram("clipwatch_best_match_similarity",
+                                    "Cosine similarity of each ingested image to its nearest stored image",
+                                    buckets=SIMILARITY_BUCKETS, registry=r)
+        self.index_size = Gauge("clipwatch_index_size", "Vectors in the in-memory similarity index", registry=r)
+        self.references = Gauge("clipwatch_prohibited_references", "Prohibited reference images and prompts",
+                                registry=r)
+        for kind in VERDICTS:
+            for action in ACTIONS:
+                self.verdicts.labels(kind, action)
         for s in SOURCES:
             self.discovered.labels(s)
         for res in RESULTS:

@@ -16,15 +16,19 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from .checker import Checker
 from .config import Config, metrics_address
 from .embedder import Embedder
 from .errors import ConfigError
 from .files import PathFilter
+from .index import VectorIndex
 from .intake import Intake
 from .logs import get_logger
 from .metrics import Metrics, MetricsServer
+from .references import References
 from .scanner import ScanCounts, reconcile
 from .store import Store, open_store
+from .sync import IndexSync, load_index
 from .watcher import Watcher
 from .worker import Worker
 
@@ -41,6 +45,8 @@ class Service:
         self.stop_event = threading.Event()
         self.store: Store | None = None
         self.worker: Worker | None = None
+        self.index: VectorIndex | None = None
+        self.sync: IndexSync | None = None
         self.scan_counts = ScanCounts()
         self._metrics_server: MetricsServer | None = None
 
@@ -72,7 +78,19 @@ class Service:
             log.info("table_created", store=self.store.location(), table=self.config.store.table,
                      dimension=self.embedder.dimension)
         self._warn_foreign_rows()
-        self.worker = Worker(self.config, self.intake.queue, self.store, self.embedder, self.paths, self.metrics)
+        started = time.monotonic()
+        self.index, since = load_index(self.store, self.embedder.identity, self.embedder.dimension)
+        self.metrics.index_size.set(len(self.index))
+        log.info("index_loaded", vectors=len(self.index), seconds=round(time.monotonic() - started, 2))
+        references = References(self.config, self.embedder)
+        references.load()
+        self.metrics.references.set(len(references))
+        checker = Checker(self.config, self.index, references)
+        self.worker = Worker(self.config, self.intake.queue, self.store, self.embedder, self.paths, self.metrics,
+                             self.index, checker)
+        self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, since,
+                              self.config.index.sync_interval_s, references, self.config.prohibited.refresh_interval_s,
+                              self.metrics)
         address = metrics_address(self.config)
         if address:
             self._metrics_server = self.metrics.serve(*address)
@@ -90,7 +108,7 @@ class Service:
     def run(self, handle_signals: bool = True) -> int:
         """The daemon: watch, scan once, process until SIGTERM/SIGINT (or `stop_event`), then stop
         gracefully. Returns 0."""
-        assert self.worker is not None
+        assert self.worker is not None and self.sync is not None
         if handle_signals:
             self._install_signal_handlers()
         watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
@@ -99,6 +117,7 @@ class Service:
             threading.Thread(target=self.worker.run, args=(self.stop_event,), name="worker", daemon=True),
             threading.Thread(target=self.intake.run_settle_loop, name="settle", daemon=True),
             threading.Thread(target=self._scan_all, name="scanner", daemon=True),
+            threading.Thread(target=self.sync.run, args=(self.stop_event,), name="index-sync", daemon=True),
         ]
         for t in threads:
             t.start()
@@ -169,6 +188,7 @@ class Service:
         if self._metrics_server:
             self._metrics_server.close()
             self._metrics_server = None
-        if self.store:
-            self.store.close()
-            self.store = None
+        for store in (self.store, self.sync.store if self.sync else None):
+            if store is not None:
+                store.close()
+        self.store = self.sync = None

@@ -45,7 +45,15 @@ def build_random_clip(directory: str | Path, *, tiny: bool = True, projection_di
         config = CLIPConfig(text_config=special, projection_dim=projection_dim)
         size = 224
     torch.manual_seed(seed)
-    CLIPModel(config).eval().save_pretrained(directory)
+    model = CLIPModel(config).eval()
+    if tiny:
+        # With random weights, the class token and position embeddings (the same for every input) dominate
+        # a tiny model's output, and every image gets nearly the same vector (cosine ~0.98). Without them,
+        # different images get different vectors, as with the real model, and a resized copy stays ~1.0.
+        with torch.no_grad():
+            model.vision_model.embeddings.class_embedding.zero_()
+            model.vision_model.embeddings.position_embedding.weight.mul_(0.01)
+    model.save_pretrained(directory)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)

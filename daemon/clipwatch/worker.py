@@ -1,11 +1,19 @@
 """The batch worker: queued changes in, one model call and one transaction per batch out.
 
 A batch is up to `model.batch_size` changes, or fewer when `model.max_wait_ms` passes after the first
-one arrived. Within a batch, changes are applied in the order they were observed (a write followed by
-a rename lands under the final name), every file is read once (its sha256 and its pixels come from the
-same bytes), every image that needs a vector is embedded in one forward pass, and all the resulting
-row operations are written in one transaction. A bad file fails alone; a store outage is retried
-with capped backoff, holding the batch, so nothing is lost or written twice.
+one arrived. A batch goes through these steps, in this order:
+
+1. plan: changes become row operations, in the order they were observed (a write followed by a rename
+   lands under the final name). Each file is read once: its sha256 and its pixels come from the same
+   bytes. Same bytes as the row at that path: nothing to embed. Same bytes as a row whose file is gone:
+   a move. Same bytes as a row elsewhere: an exact duplicate that reuses the stored vector.
+2. embed: every image that still needs a vector, in one forward pass.
+3. judge: duplicate and prohibited verdicts (`checker.py`), then the configured action (flag,
+   quarantine, reject).
+4. write: all row operations in one transaction; then the similarity index follows.
+
+A bad file fails alone; a store outage is retried with capped backoff, holding the batch, so nothing
+is lost or written twice. `import_vectors` runs steps 3 and 4 for vectors that come from outside.
 """
 
 from __future__ import annotations
@@ -16,19 +24,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from .changes import Change
+from .checker import Checker, Earlier, Verdict
 from .config import Config
 from .embedder import Embedder
 from .errors import FileRejected, StoreError
-from .files import FileBytes, PathFilter, check_name, read_file
+from .files import PathFilter, check_name, read_file
 from .imaging import decode_image
+from .index import VectorIndex
 from .logs import get_logger
 from .metrics import Metrics
-from .store import Delete, DeleteTree, Op, Rename, Store, StoredFile, Touch, Upsert
+from .quarantine import quarantine_file
+from .store import Applied, Delete, DeleteTree, Op, Rename, Store, StoredFile, Touch, Upsert
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -44,24 +55,35 @@ class _Known:
 
 
 @dataclass
-class _ToEmbed:
-    file: FileBytes
-    image: object  # PIL image, decoded
+class Item:
+    """One image that gets a row with a vector: a file from disk, or an imported vector."""
+
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    model: str
+    image: Any = None  # decoded pixels, when the model must embed it
     vector: np.ndarray | None = None
+    exact_id: int | None = None  # a stored row with the same bytes
+    exact_path: str | None = None  # an earlier item of this batch with the same bytes
+    on_disk: bool = True  # False for imported vectors whose file is not on this machine
+    verdict: Verdict = field(default_factory=Verdict)
+    rejected: bool = False
 
 
 @dataclass
 class BatchPlan:
-    ops: list[Op | _ToEmbed] = field(default_factory=list)
+    ops: list[Op | Item] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("embedded", "unchanged", "moved", "deleted", "failed"), 0))
+        ("embedded", "unchanged", "moved", "deleted", "failed", "rejected"), 0))
 
 
 class Worker:
     def __init__(self, config: Config, changes: queue.Queue[Change], store: Store, embedder: Embedder,
-                 paths: PathFilter, metrics: Metrics) -> None:
+                 paths: PathFilter, metrics: Metrics, index: VectorIndex, checker: Checker) -> None:
         self.config, self.changes, self.store, self.embedder = config, changes, store, embedder
-        self.paths, self.metrics = paths, metrics
+        self.paths, self.metrics, self.index, self.checker = paths, metrics, index, checker
         self.batch_size = config.model.batch_size
         self.max_wait_s = config.model.max_wait_ms / 1000
         self.last_tick = time.monotonic()  # for health: the loop is alive
@@ -118,15 +140,28 @@ class Worker:
             return BatchPlan()  # stopping while the store is down: the next start's scan redoes this batch
         plan = self.plan(batch, known_rows)
         self._embed(plan)
+        return self._judge_and_write(plan, stop)
+
+    def import_vectors(self, items: list[Item], stop: threading.Event | None = None) -> BatchPlan:
+        """Judge and store vectors computed elsewhere (`clipwatch import`), like embedded ones."""
+        plan = BatchPlan(ops=list(items))
+        for item in items:
+            self._find_exact(item, plan.ops)
+        return self._judge_and_write(plan, stop)
+
+    def _judge_and_write(self, plan: BatchPlan, stop: threading.Event | None) -> BatchPlan:
+        self._judge(plan)
         ops = self._finish_ops(plan)
         with self.metrics.stage_seconds.labels("write").time():
-            if self._with_retry(lambda: self.store.apply(ops) or True, stop) is None:
-                return BatchPlan()
+            applied = self._with_retry(lambda: self.store.apply(ops), stop)
+        if applied is None:
+            return BatchPlan()
+        self._follow_in_index(plan, applied)
         self.metrics.last_commit.set_to_current_time()
         for result, n in plan.counts.items():
             if result != "failed":
                 self.metrics.processed.labels(result).inc(n)
-        log.info("batch_committed", files=len(batch), **{k: v for k, v in plan.counts.items() if v})
+        log.info("batch_committed", changes=len(plan.ops), **{k: v for k, v in plan.counts.items() if v})
         return plan
 
     def plan(self, batch: list[Change], rows: dict[str, StoredFile]) -> BatchPlan:
@@ -169,71 +204,155 @@ class Worker:
                 plan.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
                 plan.counts["unchanged"] += 1
                 return
-            moved_from = self._moved_from(file, state) if known is None else None
+            item = Item(path, file.sha256, file.size, file.mtime, model)
+            same_bytes = self._find_exact(item, plan.ops)
+            moved_from = self._moved_from(item, same_bytes, state) if known is None else None
             if moved_from is not None:  # a rename whose events we did not see paired: keep the row
                 plan.ops += [Rename(moved_from, path), Touch(path, file.size, file.mtime)]
                 plan.counts["moved"] += 1
                 state[path], state[moved_from] = state.get(moved_from) or _Known(file.sha256, model), None
                 return
-            with self.metrics.stage_seconds.labels("decode").time():
-                image = decode_image(file.data, self.config.model.max_image_pixels)
+            if item.vector is None and item.exact_path is None:
+                with self.metrics.stage_seconds.labels("decode").time():
+                    item.image = decode_image(file.data, self.config.model.max_image_pixels)
         except FileRejected as exc:
             self._rejected(path, exc, plan)
             return
-        plan.ops.append(_ToEmbed(file, image))
+        plan.ops.append(item)
         state[path] = _Known(file.sha256, model)
 
-    def _moved_from(self, file: FileBytes, state: dict[str, _Known | None]) -> str | None:
-        """The path of a row with these exact bytes whose file is gone: the file was moved here.
+    def _find_exact(self, item: Item, earlier: list[Op | Item]) -> list[StoredFile]:
+        """Look for the same bytes stored (any instance) or earlier in this batch; an exact duplicate takes
+        that vector and skips the model. Returns the stored rows with these bytes (for move detection)."""
+        if not item.sha256:
+            return []
+        for other in earlier:
+            if isinstance(other, Item) and other.sha256 == item.sha256 and other.path != item.path:
+                item.exact_path, item.vector = other.path, other.vector  # None until the forward pass: see _embed
+                return []
+        try:
+            rows = self.store.find_by_sha256(item.sha256)
+        except StoreError:
+            return []  # the lookup saves work; without it the file is embedded and judged by similarity
+        for row in rows:
+            if row.path == item.path or row.model != item.model:
+                continue
+            vector = self.index.get(row.id)
+            if vector is None:  # stored by another instance a moment ago: not synced into the index yet
+                try:
+                    vector = self.store.vector_of(row.id)
+                except StoreError:
+                    continue
+            if vector is not None:
+                item.exact_id, item.vector = row.id, vector
+                break
+        return rows
+
+    def _moved_from(self, item: Item, same_bytes: list[StoredFile], state: dict[str, _Known | None]) -> str | None:
+        """The path of one of our rows with these exact bytes whose file is gone: the file was moved here.
 
         inotify pairs a rename only when both directories are watched; a directory created a moment
         before a file is moved into it is not watched yet, and moves made while the daemon was down
         produce no event at all. Recognising the content keeps the row, its id and its vector."""
-        try:
-            candidates = self.store.find_by_sha256(file.sha256)
-        except StoreError:
-            return None  # the lookup is an optimisation: without it the file is embedded as new
-        for row in candidates:
+        for row in same_bytes:
             still_there = row.path not in state or state[row.path] is not None  # not moved or deleted in this batch
-            if (row.path != file.path and row.model == self.embedder.identity and still_there
-                    and self.paths.root_of(row.path) and not os.path.lexists(row.path)):
+            if (row.instance == self.store.instance and row.path != item.path and row.model == item.model
+                    and still_there and self.paths.root_of(row.path) and not os.path.lexists(row.path)):
                 return row.path
         return None
 
     def _embed(self, plan: BatchPlan) -> None:
-        """One forward pass for every image of the batch; if it fails, embed them one by one so a bad
-        image fails alone."""
-        pending = [op for op in plan.ops if isinstance(op, _ToEmbed)]
-        if not pending:
+        """One forward pass for every image of the batch that needs one; if it fails, embed them one by
+        one so a bad image fails alone."""
+        pending = [op for op in plan.ops if isinstance(op, Item) and op.vector is None and op.exact_path is None]
+        if pending:
+            with self.metrics.stage_seconds.labels("embed").time():
+                try:
+                    self.metrics.model_calls.inc()
+                    vectors = self.embedder.embed_images([p.image for p in pending])
+                    for p, v in zip(pending, vectors, strict=True):
+                        p.vector = v
+                except Exception:
+                    log.warning("batch_embed_failed", files=len(pending), action="retrying one by one",
+                                exc_info=True)
+                    for p in pending:
+                        try:
+                            self.metrics.model_calls.inc()
+                            p.vector = self.embedder.embed_images([p.image])[0]
+                        except Exception as exc:
+                            self._rejected(p.path, FileRejected("embed_error", f"the model failed: {exc}"), plan)
+        by_path = {op.path: op for op in plan.ops if isinstance(op, Item)}
+        for op in plan.ops:  # copies earlier in the batch: the vector of the first
+            if isinstance(op, Item) and op.exact_path is not None and op.vector is None:
+                op.vector = by_path[op.exact_path].vector
+            if isinstance(op, Item):
+                op.image = None  # the pixels are no longer needed: free them before the write
+
+    def _judge(self, plan: BatchPlan) -> None:
+        earlier: list[Earlier] = []
+        with self.metrics.stage_seconds.labels("check").time():
+            for item in plan.ops:
+                if not isinstance(item, Item) or item.vector is None:
+                    continue
+                if item.model == self.embedder.identity:
+                    item.verdict = self.checker.judge(item.vector, earlier, item.exact_id, item.exact_path)
+                self._act(item, plan)
+                if not item.rejected:
+                    earlier.append(Earlier(item.path, item.vector))
+
+    def _act(self, item: Item, plan: BatchPlan) -> None:
+        verdict = item.verdict
+        if verdict.nearest is not None:
+            self.metrics.best_match.observe(verdict.nearest)
+        if verdict.status == "ok":
             return
-        with self.metrics.stage_seconds.labels("embed").time():
+        action = (self.config.duplicates.action if verdict.status == "duplicate"
+                  else self.config.prohibited.action)
+        original = item.path
+        if action in ("quarantine", "reject") and item.on_disk:
             try:
-                self.metrics.model_calls.inc()
-                vectors = self.embedder.embed_images([p.image for p in pending])  # type: ignore[misc]
-                for p, v in zip(pending, vectors, strict=True):
-                    p.vector = v
-            except Exception:
-                log.warning("batch_embed_failed", files=len(pending), action="retrying one by one",
-                            exc_info=True)
-                for p in pending:
-                    try:
-                        self.metrics.model_calls.inc()
-                        p.vector = self.embedder.embed_images([p.image])[0]  # type: ignore[list-item]
-                    except Exception as exc:
-                        self._rejected(p.file.path, FileRejected("embed_error", f"the model failed: {exc}"), plan)
+                item.path = quarantine_file(item.path, self.paths, self.config.quarantine.dir)
+            except OSError as exc:
+                log.error("quarantine_failed", path=original, error=str(exc), action="flag instead")
+                action = "flag"
+        item.rejected = action == "reject"
+        plan.counts["rejected"] += item.rejected
+        self.metrics.verdicts.labels(verdict.status, action).inc()
+        matched = verdict.match_path
+        if verdict.match_id is not None:
+            matched = self._path_of(verdict.match_id)
+        log.info("verdict", path=original, status=verdict.status, label=verdict.label,
+                 score=None if verdict.score is None else round(verdict.score, 4), matched_path=matched,
+                 match_id=verdict.match_id, action=action, moved_to=item.path if item.path != original else None)
+
+    def _path_of(self, row_id: int) -> str | None:
+        try:
+            return self.store.paths_of([row_id]).get(row_id)
+        except StoreError:
+            return None
 
     def _finish_ops(self, plan: BatchPlan) -> list[Op]:
         ops: list[Op] = []
-        model = self.embedder.identity
         for op in plan.ops:
-            if not isinstance(op, _ToEmbed):
+            if not isinstance(op, Item):
                 ops.append(op)
-            elif op.vector is not None:
-                f = op.file
-                ops.append(Upsert(f.path, f.sha256, f.size, f.mtime, model, op.vector))
+            elif op.vector is not None and not op.rejected:
+                v = op.verdict
+                ops.append(Upsert(op.path, op.sha256, op.size, op.mtime, op.model, op.vector, v.status,
+                                  v.match_id, v.score, v.label, v.match_path))
                 plan.counts["embedded"] += 1
-                log.debug("embedded", path=f.path, sha256=f.sha256)
+                log.debug("stored", path=op.path, sha256=op.sha256, status=v.status)
         return ops
+
+    def _follow_in_index(self, plan: BatchPlan, applied: Applied) -> None:
+        """The index learns this batch's rows at once (other instances' rows come through the sync)."""
+        self.index.remove(applied.deleted)
+        items = [op for op in plan.ops if isinstance(op, Item) and op.model == self.embedder.identity
+                 and op.path in applied.ids and op.vector is not None]
+        if items:
+            vectors = np.stack([cast(np.ndarray, i.vector) for i in items])
+            self.index.upsert([applied.ids[i.path] for i in items], vectors)
+        self.metrics.index_size.set(len(self.index))
 
     def _rejected(self, path: str, exc: FileRejected, plan: BatchPlan) -> None:
         if exc.reason == "not_found":  # renamed or deleted since it was queued: its own event follows

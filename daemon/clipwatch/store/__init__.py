@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config
-from .base import Delete, DeleteTree, Op, Rename, Store, StoredFile, StoreStatus, Touch, Upsert
+from .base import Applied, Changes, Delete, DeleteTree, Op, Rename, Store, StoredFile, StoreStatus, Touch, Upsert
 
 
 def open_store(config: Config) -> Store:
@@ -19,5 +19,5 @@ def open_store(config: Config) -> Store:
                       config.store.connect_timeout_s)
 
 
-__all__ = ["Delete", "DeleteTree", "Op", "Rename", "Store", "StoreStatus", "StoredFile", "Touch", "Upsert",
-           "open_store"]
+__all__ = ["Applied", "Changes", "Delete", "DeleteTree", "Op", "Rename", "Store", "StoreStatus", "StoredFile", "Touch",
+           "Upsert", "open_store"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import groupby
 from typing import Any
 
@@ -35,6 +36,7 @@ class StoredFile:
     mtime: float
     model: str
     status: str
+    instance: str = ""  # filled by find_by_sha256 only, which looks across instances
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Upsert:
     match_id: int | None = None
     score: float | None = None
     label: str | None = None
+    match_path: str | None = None  # the match is another row of the same batch: match_id is set on commit
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,25 @@ class DeleteTree:
 
 
 Op = Upsert | Touch | Rename | Delete | DeleteTree
+
+
+@dataclass
+class Applied:
+    """What a committed batch did, for the similarity index: ids of upserted paths, ids of deleted rows."""
+
+    ids: dict[str, int] = field(default_factory=dict)
+    deleted: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Rows changed (by any instance) and rows deleted since a point in time, for the index sync."""
+
+    ids: np.ndarray  # int64
+    vectors: np.ndarray  # (n, dim) float32
+    other_model: list[int]  # changed rows whose vector comes from another model: not indexed
+    deleted: list[int]
+    until: datetime
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,10 @@ class Store(ABC):
     def create_table(self, dimension: int) -> None: ...
 
     @abstractmethod
+    def create_aux_tables(self) -> None:
+        """Tables beside the main one (tombstones of deleted rows); idempotent."""
+
+    @abstractmethod
     def get_many(self, paths: Sequence[str]) -> dict[str, StoredFile]: ...
 
     @abstractmethod
@@ -121,8 +147,29 @@ class Store(ABC):
         """Every row of this instance whose path lies below `directory`."""
 
     @abstractmethod
-    def apply(self, ops: Sequence[Op]) -> None:
+    def apply(self, ops: Sequence[Op]) -> Applied:
         """Run the ops in order, in one transaction: all of them land or none does."""
+
+    @abstractmethod
+    def iter_vectors(self, model: str, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every row of `model`, all instances, as (ids, vectors) chunks; for loading the index."""
+
+    @abstractmethod
+    def changes_since(self, since: datetime, model: str) -> Changes: ...
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The store's clock (UTC), the one updated_at is written with."""
+
+    @abstractmethod
+    def paths_of(self, ids: Sequence[int]) -> dict[int, str]: ...
+
+    @abstractmethod
+    def vector_of(self, row_id: int) -> np.ndarray | None: ...
+
+    @abstractmethod
+    def prune_tombstones(self, before: datetime) -> None:
+        """Forget deletions older than any index sync could still need."""
 
     @abstractmethod
     def get_vector(self, path: str) -> np.ndarray | None: ...
@@ -140,6 +187,7 @@ class Store(ABC):
     def init_schema(self, dimension: int) -> bool:
         """Create the table when missing; refuse one made for another dimension. True if created."""
         existing = self.table_dimension()
+        self.create_aux_tables()
         if existing is None:
             self.create_table(dimension)
             self.dimension = dimension
@@ -210,8 +258,8 @@ class SQLStore(Store):
         return found
 
     def find_by_sha256(self, sha256: str) -> list[StoredFile]:
-        rows = self._fetch(f"SELECT id, path, sha256, size, mtime, model, status FROM {self.t} "  # noqa: S608
-                           f"WHERE instance = {self.PARAM} AND sha256 = {self.PARAM}", [self.instance, sha256])
+        rows = self._fetch(f"SELECT id, path, sha256, size, mtime, model, status, instance FROM {self.t} "  # noqa: S608
+                           f"WHERE sha256 = {self.PARAM} ORDER BY id", [sha256])
         return [StoredFile(*r) for r in rows]
 
     def iter_files(self, directory: str) -> Iterator[StoredFile]:
@@ -225,15 +273,88 @@ class SQLStore(Store):
     def get_vector(self, path: str) -> np.ndarray | None:
         rows = self._fetch(f"SELECT embedding FROM {self.t} WHERE instance = {self.PARAM} "  # noqa: S608
                            f"AND {self.PATH_MATCH}", [self.instance, path])
-        return np.frombuffer(bytes(rows[0][0]), dtype="<f4").copy() if rows else None
+        return _vectors([rows[0][0]])[0] if rows else None
 
-    def apply(self, ops: Sequence[Op]) -> None:
+    def vector_of(self, row_id: int) -> np.ndarray | None:
+        rows = self._fetch(f"SELECT embedding FROM {self.t} WHERE id = {self.PARAM}", [row_id])  # noqa: S608
+        return _vectors([rows[0][0]])[0] if rows else None
+
+    def paths_of(self, ids: Sequence[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        unique = list(dict.fromkeys(ids))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i:i + 500]
+            marks = ", ".join([self.PARAM] * len(chunk))
+            found.update(self._fetch(f"SELECT id, path FROM {self.t} WHERE id IN ({marks})", chunk))  # noqa: S608
+        return found
+
+    def iter_vectors(self, model: str, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last = 0
+        p = self.PARAM
+        while True:  # keyset pagination: each page is one short query, however large the table
+            rows = self._fetch(f"SELECT id, embedding FROM {self.t} WHERE model = {p} AND id > {p} "  # noqa: S608
+                               f"ORDER BY id LIMIT {int(chunk)}", [model, last])
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield np.array([r[0] for r in rows], dtype=np.int64), _vectors([r[1] for r in rows])
+
+    def changes_since(self, since: datetime, model: str) -> Changes:
+        until = self.now()
+        p = self.PARAM
+        rows = self._fetch(f"SELECT id, model, embedding FROM {self.t} WHERE updated_at >= {p}",  # noqa: S608
+                           [self._timestamp(since)])
+        ours = [r for r in rows if r[1] == model]
+        deleted = self._fetch(f"SELECT id FROM {self.deleted_table} WHERE deleted_at >= {p}",  # noqa: S608
+                              [self._timestamp(since)])
+        return Changes(ids=np.array([r[0] for r in ours], dtype=np.int64),
+                       vectors=_vectors([r[2] for r in ours]),
+                       other_model=[r[0] for r in rows if r[1] != model],
+                       deleted=[r[0] for r in deleted], until=until)
+
+    def now(self) -> datetime:
+        return self._parse_time(self._fetch(f"SELECT {self.NOW}")[0][0])  # noqa: S608
+
+    def _timestamp(self, when: datetime) -> Any:
+        return when
+
+    def _parse_time(self, value: Any) -> datetime:
+        assert isinstance(value, datetime)
+        return value
+
+    def prune_tombstones(self, before: datetime) -> None:
+        cur = self._cursor()
+        try:
+            cur.execute(f"DELETE FROM {self.deleted_table} WHERE deleted_at < {self.PARAM}",  # noqa: S608
+                        (self._timestamp(before),))
+            self._commit()
+        except self.DRIVER_ERRORS as exc:
+            self._rollback()
+            raise StoreError(f"{self.location()}: {exc}") from exc
+        finally:
+            cur.close()
+
+    @property
+    def deleted_table(self) -> str:
+        """Tombstones: ids of deleted rows and when, so other instances' indexes can drop them."""
+        return self.quote(self.table + "_deleted")
+
+    def apply(self, ops: Sequence[Op]) -> Applied:
+        applied = Applied()
         if not ops:
-            return
+            return applied
         cur = self._cursor()
         try:
             for kind, run in groupby(ops, key=type):
-                self._apply_run(cur, kind, list(run))
+                self._apply_run(cur, kind, list(run), applied)
+            upserts = [o for o in ops if isinstance(o, Upsert)]
+            if upserts:
+                applied.ids = self._ids_of(cur, [o.path for o in upserts])
+                for o in upserts:
+                    if o.match_path is not None and o.match_path in applied.ids:
+                        cur.execute(f"UPDATE {self.t} SET match_id = {self.PARAM} "  # noqa: S608
+                                    f"WHERE instance = {self.PARAM} AND {self.PATH_MATCH}",
+                                    (applied.ids[o.match_path], self.instance, o.path))
             self._commit()
         except BaseException as exc:
             self._rollback()
@@ -242,8 +363,30 @@ class SQLStore(Store):
             raise
         finally:
             cur.close()
+        return applied
 
-    def _apply_run(self, cur: Any, kind: type, ops: list[Any]) -> None:
+    def _ids_of(self, cur: Any, paths: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            match = " OR ".join(f"({self.PATH_MATCH})" for _ in chunk)
+            cur.execute(f"SELECT path, id FROM {self.t} WHERE instance = {self.PARAM} AND ({match})",  # noqa: S608
+                        (self.instance, *chunk))
+            found.update(cur.fetchall())
+        return found
+
+    def _delete_where(self, cur: Any, condition: str, params: tuple[Any, ...], applied: Applied) -> None:
+        """Delete rows, leaving a tombstone for each so other instances' indexes drop them too."""
+        cur.execute(f"SELECT id FROM {self.t} WHERE {condition}", params)  # noqa: S608
+        ids = [r[0] for r in cur.fetchall()]
+        if not ids:
+            return
+        cur.executemany(f"INSERT INTO {self.deleted_table} (id, deleted_at) VALUES ({self.PARAM}, {self.NOW})",  # noqa: S608
+                        [(i,) for i in ids])
+        cur.execute(f"DELETE FROM {self.t} WHERE {condition}", params)  # noqa: S608
+        applied.deleted.extend(ids)
+
+    def _apply_run(self, cur: Any, kind: type, ops: list[Any], applied: Applied) -> None:
         p, inst, t, now, where = self.PARAM, self.instance, self.t, self.NOW, self.PATH_MATCH
         if kind is Upsert:
             values = ", ".join([p, p, p, p, p, p, self.VECTOR_PARAM, p, p, p, p])
@@ -261,17 +404,17 @@ class SQLStore(Store):
                 cur.execute(f"SELECT id FROM {t} WHERE instance = {p} AND {where}", (inst, o.src))  # noqa: S608
                 if not cur.fetchall():
                     continue
-                cur.execute(f"DELETE FROM {t} WHERE instance = {p} AND {where}", (inst, o.dest))  # noqa: S608
+                self._delete_where(cur, f"instance = {p} AND {where}", (inst, o.dest), applied)
                 cur.execute(f"UPDATE {t} SET path = {p}, updated_at = {now} "  # noqa: S608
                             f"WHERE instance = {p} AND {where}", (o.dest, inst, o.src))
         elif kind is Delete:
-            cur.executemany(f"DELETE FROM {t} WHERE instance = {p} AND {where}",  # noqa: S608
-                            [(inst, o.path) for o in ops])
+            for o in ops:
+                self._delete_where(cur, f"instance = {p} AND {where}", (inst, o.path), applied)
         elif kind is DeleteTree:
             for o in ops:
                 low, high = _prefix_range(o.directory)
-                cur.execute(f"DELETE FROM {t} WHERE instance = {p} AND path >= {p} AND path < {p}",  # noqa: S608
-                            (inst, low, high))
+                self._delete_where(cur, f"instance = {p} AND path >= {p} AND path < {p}", (inst, low, high),
+                                   applied)
 
     def status(self) -> StoreStatus:
         dim = self.table_dimension()
@@ -281,6 +424,15 @@ class SQLStore(Store):
                                "GROUP BY status, model ORDER BY status, model")
             counts = [(str(s), str(m), int(n)) for s, m, n in rows]
         return StoreStatus(self.backend, self.location(), self.table, dim, counts)
+
+
+def _vectors(blobs: Sequence[Any]) -> np.ndarray:
+    """Stored vectors (bytes, or array('f') from MySQL's VECTOR) as one (n, dim) float32 matrix."""
+    if not blobs:
+        return np.zeros((0, 0), dtype=np.float32)
+    data = b"".join(b if isinstance(b, bytes) else bytes(b) if not hasattr(b, "tobytes") else b.tobytes()
+                    for b in blobs)
+    return np.frombuffer(data, dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
 
 
 def _prefix_range(directory: str) -> tuple[str, str]:

@@ -110,9 +110,20 @@ class MySQLStore(SQLStore):
                 updated_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
                 UNIQUE KEY instance_path (instance, path_hash),
                 KEY instance_path_prefix (instance, path(255)),
-                KEY sha256 (sha256)
+                KEY sha256 (sha256),
+                KEY updated_at (updated_at),
+                KEY model_id (model, id)
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
         """)  # noqa: S608
+
+    def create_aux_tables(self) -> None:
+        self._execute_plain(f"""
+            CREATE TABLE IF NOT EXISTS {self.deleted_table} (
+                id BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+                deleted_at DATETIME(6) NOT NULL,
+                KEY deleted_at (deleted_at)
+            ) ENGINE = InnoDB
+        """)
 
     def reconnect(self) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from datetime import datetime
 from typing import Any
 
 from ..errors import StoreError
@@ -85,10 +86,23 @@ class SQLiteStore(SQLStore):
                 UNIQUE (instance, path)
             );
             CREATE INDEX IF NOT EXISTS "{self.table}_sha256" ON {t} (sha256);
+            CREATE INDEX IF NOT EXISTS "{self.table}_updated_at" ON {t} (updated_at);
+            CREATE INDEX IF NOT EXISTS "{self.table}_model_id" ON {t} (model, id);
             COMMIT;
         """)
         self.conn.execute(f"INSERT OR REPLACE INTO {META} (key, value) VALUES (?, ?)",  # noqa: S608
                           (f"{self.table}.dimension", str(int(dimension))))
+
+    def create_aux_tables(self) -> None:
+        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.deleted_table} "
+                          "(id INTEGER PRIMARY KEY, deleted_at TEXT NOT NULL)")
+        self.conn.execute(f'CREATE INDEX IF NOT EXISTS "{self.table}_deleted_at" ON {self.deleted_table} (deleted_at)')
+
+    def _timestamp(self, when: datetime) -> str:
+        return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+
+    def _parse_time(self, value: Any) -> datetime:
+        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S.%f")
 
     def close(self) -> None:
         self.conn.close()

@@ -1,0 +1,148 @@
+"""The prohibited reference set: images from `prohibited.reference_dir` and text from `prohibited.prompts`.
+
+An image's label is its sub-folder's name (`weapons/knife-01.jpg` -> `weapons`), or its file stem at
+the top level (`logo-acme.png` -> `logo-acme`). A prompt's label is the prompt. Reference images are
+embedded once and cached by content (sha256) in the data directory; the directory is checked every
+`prohibited.refresh_interval_s` and only new or changed images are embedded again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .embedder import Embedder
+from .errors import FileRejected
+from .files import PathFilter, read_file
+from .imaging import decode_image
+from .logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ReferenceMatch:
+    label: str
+    score: float
+    kind: str  # "image" or "text"
+
+
+@dataclass(frozen=True)
+class _Set:
+    labels: tuple[str, ...]
+    vectors: np.ndarray  # (n, dim) unit vectors
+    threshold: float
+
+
+class References:
+    def __init__(self, config: Config, embedder: Embedder) -> None:
+        self.config = config
+        self.embedder = embedder
+        self.directory = config.prohibited.reference_dir
+        self.cache_path = Path(config.daemon.data_dir) / f"references-{_safe(embedder.identity)}.npz"
+        self._images = _Set((), np.zeros((0, 1), np.float32), config.prohibited.image_threshold)
+        self._texts = _Set((), np.zeros((0, 1), np.float32), config.prohibited.text_threshold)
+        self._signature: tuple[tuple[str, int, int], ...] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.directory or self.config.prohibited.prompts)
+
+    def __len__(self) -> int:
+        return len(self._images.labels) + len(self._texts.labels)
+
+    def load(self) -> None:
+        prompts = self.config.prohibited.prompts
+        if prompts:
+            self._texts = _Set(tuple(prompts), self.embedder.embed_texts(list(prompts)), self._texts.threshold)
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Re-read the reference directory if anything in it changed. True if the set was rebuilt."""
+        if not self.directory:
+            return False
+        with self._lock:
+            files = self._listing()
+            signature = tuple((str(p), s, m) for p, s, m in files)
+            if signature == self._signature:
+                return False
+            cache = self._read_cache()
+            labels, vectors, fresh = [], [], {}
+            for path, _, _ in files:
+                try:
+                    data = read_file(str(path), self.config.watch.max_file_bytes)
+                    vector = cache.get(data.sha256)
+                    if vector is None:
+                        image = decode_image(data.data, self.config.model.max_image_pixels)
+                        vector = self.embedder.embed_images([image])[0]
+                except FileRejected as exc:
+                    log.warning("reference_rejected", path=str(path), reason=exc.reason, error=str(exc))
+                    continue
+                fresh[data.sha256] = vector
+                labels.append(_label(Path(self.directory), path))
+                vectors.append(vector)
+            matrix = np.stack(vectors) if vectors else np.zeros((0, 1), np.float32)
+            self._images = _Set(tuple(labels), matrix, self._images.threshold)
+            self._signature = signature
+            self._write_cache(fresh)
+        log.info("references_loaded", images=len(labels), prompts=len(self._texts.labels), directory=self.directory)
+        return True
+
+    def match(self, vector: np.ndarray) -> ReferenceMatch | None:
+        """The reference `vector` is closest to among those above their threshold; the largest margin over
+        its own threshold wins (image-to-image and text-to-image similarities live on different scales)."""
+        best: tuple[float, ReferenceMatch] | None = None
+        for kind, ref in (("image", self._images), ("text", self._texts)):
+            if not ref.labels:
+                continue
+            scores = ref.vectors @ vector
+            i = int(np.argmax(scores))
+            score = float(scores[i])
+            if score >= ref.threshold and (best is None or score - ref.threshold > best[0]):
+                best = (score - ref.threshold, ReferenceMatch(ref.labels[i], score, kind))
+        return best[1] if best else None
+
+    def _listing(self) -> list[tuple[Path, int, int]]:
+        images = PathFilter([self.directory], self.config.watch.extensions, self.config.watch.ignore)
+        found = []
+        if os.path.isdir(self.directory):
+            for entry in images.walk(self.directory):
+                st = entry.stat(follow_symlinks=False)
+                found.append((Path(entry.path), st.st_size, st.st_mtime_ns))
+        else:
+            log.warning("reference_dir_missing", directory=self.directory)
+        return sorted(found)
+
+    def _read_cache(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.cache_path) as data:
+                return dict(zip(data["sha256"].tolist(), data["vectors"], strict=True))
+        except (OSError, KeyError, ValueError):
+            return {}
+
+    def _write_cache(self, vectors: dict[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_path.with_suffix(".tmp.npz")
+            np.savez(tmp, sha256=np.array(list(vectors)), vectors=np.stack(list(vectors.values())))
+            os.replace(tmp, self.cache_path)
+        except OSError as exc:
+            log.warning("reference_cache_not_written", path=str(self.cache_path), error=str(exc))
+
+
+def _label(directory: Path, path: Path) -> str:
+    parts = path.relative_to(directory).parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100]
