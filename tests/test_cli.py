@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_cli, write_image
@@ -128,3 +129,53 @@ def test_the_documented_least_privilege_user_is_enough(env: dict[str, str], tmp_
         admin._execute_plain("DROP DATABASE IF EXISTS clipwatch")
         admin._execute_plain("DROP USER IF EXISTS 'clipwatch'@'%'")
         admin.close()
+
+
+def test_import_then_search_by_vector_ranks_by_cosine_like_numpy(env: dict[str, str], tmp_path: Path):
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((40, 512))
+    lines = [json.dumps({"path": f"/external/img {i}.jpg", "embedding": v.tolist()}) for i, v in enumerate(vectors)]
+    lines.insert(5, '{"path": "/external/broken.jpg", "embedding": [1, 2, 3]}')
+    lines.insert(9, "not json at all")
+    lines.append(json.dumps({"path": "/external/nan.jpg", "embedding": [float("nan")] * 512}))
+    source = tmp_path / "vectors.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    run_cli("db", "init", "--dimension", "512", env=env)
+    imported = run_cli("import", str(source), env=env)
+    assert imported.returncode == 1  # some lines were bad; the rest are in
+    assert "import: 43 lines, 40 imported" in imported.stdout and "3 bad" in imported.stdout
+    assert "line 6: \"embedding\": has 3 dimensions, the table holds 512" in imported.stderr
+    assert "line 10: not valid JSON" in imported.stderr
+    assert "line 43: \"embedding\": contains NaN or infinity" in imported.stderr
+
+    query = rng.standard_normal(512)
+    found = run_cli("search", "--vector", json.dumps(query.tolist()), "--top", "7", "--json", env=env)
+    assert found.returncode == 0, found.stderr
+    results = [json.loads(line) for line in found.stdout.splitlines()]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = unit @ (query / np.linalg.norm(query))
+    best = np.argsort(-expected)[:7]
+    assert [r["path"] for r in results] == [f"/external/img {i}.jpg" for i in best]
+    assert np.allclose([r["similarity"] for r in results], expected[best], atol=1e-4)
+
+
+def test_search_prints_a_table_best_first_and_compare_matches_numpy(env: dict[str, str], tmp_path: Path):
+    root = tmp_path / "watched"
+    for i in range(3):
+        write_image(root / f"t{i}.jpg", seed=i)
+    assert run_cli("scan", env=env).returncode == 0
+    found = run_cli("search", str(root / "t1.jpg"), "--top", "2", env=env)
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert lines[0].startswith("+-") and "| path" in lines[1] and "similarity |" in lines[1]
+    assert lines[3].startswith(f"| {root / 't1.jpg'} ") and lines[3].endswith("|     1.0000 |")
+    assert len(lines) == 6  # rule, header, rule, 2 rows, rule
+
+    a, b = [0.3, -1.2, 2.0], [1.5, 0.2, -0.7]
+    for metric, expected in (("cosine", np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)),
+                             ("dot", np.dot(a, b)), ("euclidean", np.linalg.norm(np.subtract(a, b)))):
+        out = run_cli("compare", json.dumps(a), json.dumps(b), "--metric", metric, env=env)
+        assert out.returncode == 0, out.stderr
+        assert abs(float(out.stdout) - expected) < 1e-5
+    same = run_cli("compare", str(root / "t0.jpg"), str(root / "t0.jpg"), env=env)
+    assert abs(float(same.stdout) - 1.0) < 1e-5

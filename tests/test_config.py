@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clipwatch.config import ConfigError, load_config
+from clipwatch.config import SECTIONS, ConfigError, load_config
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "clipwatch.example.toml"
 
@@ -14,9 +14,10 @@ EXAMPLE = Path(__file__).parent.parent / "config" / "clipwatch.example.toml"
 def test_the_example_file_is_valid_and_documents_every_key():
     config = load_config(EXAMPLE, env={})
     text = EXAMPLE.read_text()
-    for section in ("watch", "model", "store", "metrics", "log", "daemon"):
+    for section in SECTIONS:
+        body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
         for key in getattr(config, section).__dataclass_fields__:
-            assert f"\n{key} =" in text or f"\n# {key} =" in text, f"{section}.{key} is not documented"
+            assert f"\n{key} =" in "\n" + body or f"\n# {key} =" in "\n" + body, f"{section}.{key} is not documented"
 
 
 def test_environment_overrides_the_file(tmp_path: Path):

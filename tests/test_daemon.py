@@ -168,3 +168,43 @@ def test_restart_reconciles_what_changed_while_the_daemon_was_down(daemon_env, r
                    what="the reconcile on restart")
     finally:
         assert second.stop() == 0
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
+@pytest.mark.timeout(180)
+def test_two_daemons_sharing_one_mysql_table_catch_each_others_duplicates(
+        daemon_env: dict[str, str], reader: Store, tmp_path: Path):
+    from PIL import Image
+
+    roots = [tmp_path / "server-a", tmp_path / "server-b"]
+    daemons = []
+    for name, root in zip(("a", "b"), roots, strict=True):
+        root.mkdir()
+        daemons.append(Daemon({**daemon_env, "CLIPWATCH_WATCH__PATHS": str(root), "CLIPWATCH_STORE__INSTANCE": name,
+                               "CLIPWATCH_INDEX__SYNC_INTERVAL_S": "0.2",
+                               "CLIPWATCH_DAEMON__DATA_DIR": str(tmp_path / f"data-{name}")}))
+    try:
+        for d in daemons:
+            wait_until(lambda d=d: d.saw("scan_finished"), timeout=60, what="start-up")
+        original = write_image(roots[0] / "original.jpg", seed=1, size=(96, 72))
+        stored = wait_until(lambda: reader.find_by_sha256(hashlib.sha256(original.read_bytes()).hexdigest()),
+                            what="server A's row")
+        wait_until(lambda: scrape(daemons[1])["clipwatch_index_size"] >= 1, what="server B's index to sync")
+
+        resized = roots[1] / "resized.png"
+        Image.open(original).resize((80, 60)).save(resized)
+        exact = roots[1] / "exact.jpg"
+        exact.write_bytes(original.read_bytes())
+        verdicts = wait_until(lambda: len(v := [e for e in daemons[1].events if e.get("event") == "verdict"]) == 2
+                              and v, what="server B's verdicts")
+        by_path = {v["path"]: v for v in verdicts}
+        for path in (str(resized), str(exact)):
+            assert by_path[path]["status"] == "duplicate"
+            assert by_path[path]["match_id"] == stored[0].id
+            assert by_path[path]["matched_path"] == str(original)
+        assert by_path[str(exact)]["score"] == 1.0
+        assert 0.97 <= by_path[str(resized)]["score"] < 1.0
+    finally:
+        for d in daemons:
+            assert d.stop() == 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, load_config
@@ -13,6 +14,9 @@ from .errors import ClipwatchError, ConfigError
 from .logs import configure_logging, get_logger
 from .metrics import Metrics
 from .scanner import ScanCounts
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = get_logger("clipwatch")
 
@@ -45,6 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
                                "ones, remove rows whose file is gone (store.on_delete). Prints a progress "
                                "line on a terminal and a summary at the end. Safe to run while the daemon "
                                "runs on the same store.")
+    search = sub.add_parser(
+        "search", parents=[common], help="which stored images look like this one?",
+        description="Rank the stored images (every instance sharing the table, configured model) by cosine "
+                    "similarity to an image, a text description or a vector, best first. Loads the vectors "
+                    "from the store; an image or a text also loads the model.",
+        epilog="examples:\n  clipwatch search upload.jpg\n  clipwatch search --text 'a red bicycle' --top 10\n"
+               "  clipwatch search --vector '[0.012, -0.034, ...]' --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = search.add_mutually_exclusive_group(required=True)
+    what.add_argument("image", nargs="?", metavar="IMAGE", help="an image file")
+    what.add_argument("--text", metavar="TEXT", help="a description, embedded with CLIP's text tower")
+    what.add_argument("--vector", metavar="JSON", help="a JSON list of numbers, or a .json file holding one")
+    search.add_argument("--top", type=int, default=5, metavar="K", help="how many results (default 5)")
+    search.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    compare = sub.add_parser(
+        "compare", parents=[common], help="the similarity of two images or vectors",
+        description="Print one number: how similar A and B are. Each is an image file, a JSON list of "
+                    "numbers, or a .json file holding one (images are embedded with the configured model).")
+    compare.add_argument("a", metavar="A")
+    compare.add_argument("b", metavar="B")
+    compare.add_argument("--metric", choices=("cosine", "dot", "euclidean"), default="cosine",
+                         help="cosine similarity (default), raw dot product, or euclidean distance")
+    imp = sub.add_parser(
+        "import", parents=[common], help="store vectors computed elsewhere (JSON lines)",
+        description='Read JSON lines {"path": "...", "embedding": [...], "model": "...", "sha256": "..."} '
+                    "(model defaults to the configured one; sha256 is computed from the file when it is "
+                    "here). Vectors are checked against the table's dimension, normalised, and judged for "
+                    "duplicates and prohibited content like ingested images. A bad line is reported with "
+                    "its number and skipped; the others are imported. Exits 1 if any line was bad.")
+    imp.add_argument("file", metavar="FILE", help="the JSON-lines file, or - for standard input")
     db = sub.add_parser("db", help="database commands (init, status)",
                         description="Create the table or show what the store holds.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
@@ -69,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(config)
         if args.command == "scan":
             return cmd_scan(config)
+        if args.command == "search":
+            return cmd_search(config, args)
+        if args.command == "compare":
+            return cmd_compare(config, args.a, args.b, args.metric)
+        if args.command == "import":
+            return cmd_import(config, args.file)
         if args.db_command == "init":
             return cmd_db_init(config, args.dimension)
         return cmd_db_status(config, args.json)
@@ -109,6 +149,76 @@ def _progress(counts: ScanCounts, metrics: Metrics) -> None:
     filled = int(30 * done / todo)
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{todo} done, {counts.files} image files scanned ",
           end="", file=sys.stderr, flush=True)
+
+
+def cmd_search(config: Config, args: argparse.Namespace) -> int:
+    from .embedder import Embedder, model_identity
+    from .search import normalised, parse_vector, read_vector_argument, table
+    from .store import open_store
+    from .sync import load_index
+
+    if args.top < 1:
+        raise ConfigError(f"--top: expected a positive integer, got {args.top}")
+    store = open_store(config)
+    try:
+        dimension = store.table_dimension()
+        if dimension is None:
+            raise ClipwatchError(f"table {config.store.table!r} does not exist yet in {store.location()}")
+        if args.vector is not None:
+            vector = read_vector_argument(args.vector, "--vector")
+            query = parse_vector(vector.tolist() if vector is not None else args.vector, dimension, "--vector")
+        else:
+            embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+            embedder.load()
+            query = (embedder.embed_texts([args.text]) if args.text is not None
+                     else embedder.embed_images([_open_image(config, args.image)]))[0]
+        index, _ = load_index(store, model_identity(config.model.name), dimension)
+        hits = index.search(normalised(query, "--vector"), args.top)
+        paths = store.paths_of([i for i, _ in hits])
+    finally:
+        store.close()
+    rows = [(paths.get(i, f"<row {i} deleted meanwhile>"), score) for i, score in hits]
+    if args.json:
+        for (row_id, score), (path, _) in zip(hits, rows, strict=True):
+            print(json.dumps({"id": row_id, "path": path, "similarity": round(score, 6)}, ensure_ascii=False))
+    else:
+        print(table(rows))
+    return 0
+
+
+def _open_image(config: Config, path: str) -> Image.Image:
+    from .files import read_file
+    from .imaging import decode_image
+
+    return decode_image(read_file(path, config.watch.max_file_bytes).data, config.model.max_image_pixels)
+
+
+def cmd_compare(config: Config, a: str, b: str, metric: str) -> int:
+    from .embedder import Embedder
+    from .search import compare, read_vector_argument
+
+    vectors = [read_vector_argument(a, "A"), read_vector_argument(b, "B")]
+    if any(v is None for v in vectors):
+        embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        embedder.load()
+        vectors = [v if v is not None else embedder.embed_images([_open_image(config, arg)])[0]
+                   for v, arg in zip(vectors, (a, b), strict=True)]
+    print(f"{compare(vectors[0], vectors[1], metric):.6f}")  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_import(config: Config, path: str) -> int:
+    from .importer import import_file
+    from .service import Service
+
+    service = Service.opened(config, watching=False)
+    try:
+        summary = import_file(service, sys.stdin if path == "-" else path)
+    finally:
+        service.close()
+    print(f"import: {summary.lines} lines, {summary.imported} imported ({summary.duplicate} duplicate, "
+          f"{summary.prohibited} prohibited, {summary.rejected} rejected), {summary.bad} bad")
+    return 1 if summary.bad else 0
 
 
 def cmd_db_init(config: Config, dimension: int | None) -> int:

@@ -53,22 +53,23 @@ class Service:
     # --- start-up ---------------------------------------------------------------------------------
 
     @classmethod
-    def opened(cls, config: Config) -> Service:
+    def opened(cls, config: Config, watching: bool = True) -> Service:
         """A service with its store connected and model loaded; nothing left open if that fails."""
         service = cls(config)
         try:
-            service.open()
+            service.open(watching)
         except BaseException:
             service.close()
             raise
         return service
 
-    def open(self) -> None:
-        """Check the roots, connect to the store, load the model, create the table if missing."""
-        for root in self.config.watch.paths:
+    def open(self, watching: bool = True) -> None:
+        """Check the roots (`watching`: not for `clipwatch import`), connect to the store, load the model,
+        create the table if missing, load the similarity index and the prohibited references."""
+        for root in self.config.watch.paths if watching else ():
             if not os.path.isdir(root):
                 raise ConfigError(f"watch.paths: {root!r} is not an existing directory")
-        if not self.config.watch.paths:
+        if watching and not self.config.watch.paths:
             raise ConfigError("watch.paths: expected at least one directory to watch")
         self.store = open_store(self.config)
         self.metrics.store_up.set(1)

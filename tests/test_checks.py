@@ -1,0 +1,255 @@
+"""Duplicate and prohibited verdicts, actions and the index, on the real tiny model and both stores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipwatch.changes import Change
+from clipwatch.checker import Checker
+from clipwatch.config import Config
+from clipwatch.embedder import Embedder
+from clipwatch.index import VectorIndex
+from clipwatch.metrics import Metrics
+from clipwatch.references import References
+from clipwatch.store import Delete, Upsert, open_store
+from clipwatch.sync import IndexSync, load_index
+from conftest import write_image
+from test_worker import Harness
+
+
+@pytest.fixture
+def make_harness(store_url: str, make_config: Callable[..., Config], embedder: Embedder) -> Iterator[
+        Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(**overrides: object) -> Harness:
+        h = Harness(make_config(store_url, **overrides), embedder)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.service.close()
+
+
+def row(h: Harness, path: Path):  # type: ignore[no-untyped-def]
+    return h.store.get_many([str(path)]).get(str(path))
+
+
+def verdict_of(h: Harness, path: Path) -> tuple[str, int | None, float | None, str | None]:
+    store = h.store
+    rows = store._fetch(f"SELECT status, match_id, score, label FROM {store.t} WHERE id = {store.PARAM}",  # type: ignore[attr-defined]  # noqa: S608
+                        [row(h, path).id])
+    status, match_id, score, label = rows[0]
+    return status, match_id, score, label
+
+
+def test_an_exact_copy_is_a_duplicate_of_the_original_without_a_model_call(make_harness):
+    h = make_harness()
+    original = write_image(h.root / "original.jpg", seed=1)
+    h.upsert(original)
+    copy = h.root / "copy under another name.jpg"
+    copy.write_bytes(original.read_bytes())
+    h.upsert(copy)
+    assert h.embedder.calls == [1]  # the copy reused the stored vector
+    assert verdict_of(h, copy) == ("duplicate", row(h, original).id, 1.0, None)
+    assert np.array_equal(h.store.get_vector(str(copy)), h.store.get_vector(str(original)))
+
+
+def test_two_identical_files_in_one_batch(make_harness):
+    h = make_harness()
+    first = write_image(h.root / "a.jpg", seed=1)
+    second = h.root / "b.jpg"
+    second.write_bytes(first.read_bytes())
+    h.upsert(first, second)
+    assert h.embedder.calls == [1]  # one image in the forward pass
+    assert verdict_of(h, first)[0] == "ok"
+    assert verdict_of(h, second) == ("duplicate", row(h, first).id, 1.0, None)
+
+
+def test_a_resized_reencoded_copy_is_a_near_duplicate_and_a_different_image_is_not(make_harness):
+    h = make_harness()
+    original = write_image(h.root / "photo.jpg", seed=1, size=(96, 72))
+    h.upsert(original)
+    resized = h.root / "photo-small.png"
+    Image.open(original).resize((64, 48)).save(resized)
+    other = write_image(h.root / "other.jpg", seed=2, size=(96, 72))
+    h.upsert(resized, other)
+    status, match_id, score, _ = verdict_of(h, resized)
+    assert (status, match_id) == ("duplicate", row(h, original).id) and 0.97 <= score < 1.0
+    assert verdict_of(h, other)[0] == "ok"
+    best = h.metrics.registry.get_sample_value("clipwatch_best_match_similarity_count")
+    assert best == 2  # one observation per image judged against a non-empty index
+
+
+def test_near_duplicates_in_one_batch_point_at_the_earlier_image(make_harness):
+    h = make_harness()
+    first = write_image(h.root / "a.jpg", seed=5, size=(96, 72))
+    second = h.root / "b.png"
+    Image.open(first).resize((80, 60)).save(second)
+    h.upsert(first, second)
+    status, match_id, score, _ = verdict_of(h, second)
+    assert (status, match_id) == ("duplicate", row(h, first).id) and score >= 0.97
+
+
+@pytest.mark.parametrize("action", ["quarantine", "reject"])
+def test_quarantine_and_reject_move_the_file_and_keep_or_skip_the_row(make_harness, action: str, tmp_path: Path):
+    h = make_harness(duplicates__action=action, quarantine__dir=str(tmp_path / "q"))
+    original = write_image(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    (h.root / "sub").mkdir()
+    copy = h.root / "sub" / "copy.jpg"
+    copy.write_bytes(original.read_bytes())
+    h.upsert(copy)
+    moved = tmp_path / "q" / "sub" / "copy.jpg"  # its path below the root is kept
+    assert not copy.exists() and moved.read_bytes() == original.read_bytes()
+    stored = h.store.get_many([str(copy), str(moved)])
+    if action == "quarantine":
+        assert list(stored) == [str(moved)] and verdict_of(h, moved)[0] == "duplicate"
+    else:
+        assert stored == {}
+    assert h.metrics.registry.get_sample_value("clipwatch_verdicts_total",
+                                               {"kind": "duplicate", "action": action}) == 1
+
+
+def test_a_second_copy_in_quarantine_gets_a_new_name_never_overwrites(make_harness, tmp_path: Path):
+    h = make_harness(duplicates__action="reject", quarantine__dir=str(tmp_path / "q"))
+    original = write_image(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    for _ in range(2):
+        (h.root / "copy.jpg").write_bytes(original.read_bytes())
+        h.upsert(h.root / "copy.jpg")
+    assert sorted(os.listdir(tmp_path / "q")) == ["copy.1.jpg", "copy.jpg"]
+
+
+def test_prohibited_by_reference_image_is_quarantined_with_its_label(make_harness, tmp_path: Path):
+    refs = tmp_path / "refs"
+    (refs / "weapons").mkdir(parents=True)
+    knife = write_image(refs / "weapons" / "knife-01.jpg", seed=7, size=(96, 72))
+    write_image(refs / "logo-acme.png", seed=8, fmt="PNG")
+    h = make_harness(prohibited__reference_dir=str(refs), quarantine__dir=str(tmp_path / "q"))
+    upload = h.root / "innocent.png"
+    Image.open(knife).resize((80, 60)).save(upload)
+    h.upsert(upload)
+    moved = tmp_path / "q" / "innocent.png"
+    assert not upload.exists() and moved.exists()
+    status, _, score, label = verdict_of(h, moved)
+    assert (status, label) == ("prohibited", "weapons") and score >= 0.9
+    h.upsert(write_image(h.root / "fine.jpg", seed=9))
+    assert verdict_of(h, h.root / "fine.jpg")[0] == "ok"
+
+
+def test_prohibited_wins_over_duplicate(make_harness, tmp_path: Path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    h0 = make_harness()
+    stored = write_image(h0.root / "stored.jpg", seed=3)
+    h0.upsert(stored)
+    (refs / "banned.jpg").write_bytes(stored.read_bytes())
+    h = make_harness(prohibited__reference_dir=str(refs), prohibited__action="flag")
+    copy = h.root / "copy.jpg"
+    copy.write_bytes(stored.read_bytes())
+    h.upsert(copy)
+    assert verdict_of(h, copy)[0::3] == ("prohibited", "banned")
+
+
+def test_reference_embeddings_are_cached_and_refreshed_when_the_directory_changes(make_harness, tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    write_image(refs / "one.jpg", seed=1)
+    h = make_harness(prohibited__reference_dir=str(refs))
+    references = h.service.worker.checker.references  # type: ignore[union-attr]
+    assert len(references) == 1 and references.cache_path.exists()
+    calls = len(h.embedder.calls)
+    assert references.refresh() is False  # nothing changed: nothing embedded
+    write_image(refs / "two.jpg", seed=2)
+    assert references.refresh() is True and len(references) == 2
+    assert len(h.embedder.calls) == calls + 1  # only the new image; the first came from the cache
+
+
+def _boundary_checker(embedder: Embedder, config: Config, stored: np.ndarray, prompt_threshold: float) -> Checker:
+    index = VectorIndex(embedder.dimension)
+    index.upsert([1], stored[None, :])
+    refs = References(config, embedder)
+    refs.load()
+    return Checker(config, index, refs)
+
+
+def test_thresholds_are_inclusive_exactly_at_the_boundary(make_config, embedder: Embedder, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    stored, query = (v / np.linalg.norm(v) for v in rng.standard_normal((2, 512)).astype(np.float32))
+    dup_score = float(stored @ query)  # the very expression the checker computes
+    prompt = "a photo of a forbidden thing"
+    text_score = float(embedder.embed_texts([prompt])[0] @ query)
+    url = f"sqlite://{tmp_path}/b.sqlite3"
+    at = make_config(url, duplicates__threshold=dup_score, prohibited__prompts=f'["{prompt}"]',
+                     prohibited__text_threshold=text_score)
+    judged = _boundary_checker(embedder, at, stored, text_score).judge(query, [])
+    assert (judged.status, judged.label, judged.score) == ("prohibited", prompt, text_score)
+    just_above = float(np.nextafter(np.float32(text_score), np.float32(2)))
+    above = make_config(url, duplicates__threshold=dup_score, prohibited__prompts=f'["{prompt}"]',
+                        prohibited__text_threshold=just_above)
+    judged = _boundary_checker(embedder, above, stored, just_above).judge(query, [])
+    assert (judged.status, judged.match_id, judged.score) == ("duplicate", 1, dup_score)
+    dup_above = float(np.nextafter(np.float32(dup_score), np.float32(2)))
+    none = make_config(url, duplicates__threshold=dup_above, prohibited__prompts=f'["{prompt}"]',
+                       prohibited__text_threshold=just_above)
+    assert _boundary_checker(embedder, none, stored, just_above).judge(query, []).status == "ok"
+
+
+def test_the_index_sync_sees_other_instances_rows_and_deletions(store_url: str, make_config, table: str):
+    a = open_store(make_config(store_url, store__instance="a"))
+    b = open_store(make_config(store_url, store__instance="b"))
+    try:
+        for s in (a, b):
+            s.init_schema(512)
+        vec = np.eye(512, dtype=np.float32)
+        a.apply([Upsert("/a/1.jpg", "1" * 64, 1, 1.0, "m", vec[0])])
+        index, since = load_index(a, "m", 512)
+        assert len(index) == 1
+        references = References(make_config(store_url), Embedder("unused"))
+        sync = IndexSync(a, index, "m", since, 1.0, references, 60.0, Metrics())
+        applied = b.apply([Upsert("/b/2.jpg", "2" * 64, 1, 1.0, "m", vec[1]),
+                           Upsert("/b/3.jpg", "3" * 64, 1, 1.0, "other-model", vec[2])])
+        sync.sync_once()
+        assert len(index) == 2 and np.array_equal(index.get(applied.ids["/b/2.jpg"]), vec[1])
+        b.apply([Delete("/b/2.jpg")])
+        sync.sync_once()
+        assert len(index) == 1 and index.nearest(vec[0]) == (1, 1.0)
+        assert sync.since <= b.now() - timedelta(seconds=5)  # each round re-reads a safety window
+    finally:
+        a.close()
+        b.close()
+
+
+def test_index_search_ranks_like_numpy():
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((300, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(64, capacity=8)  # grows by doubling
+    index.upsert(range(100, 400), vectors)
+    index.remove([100, 150, 399])
+    keep = [i for i in range(300) if i + 100 not in (100, 150, 399)]
+    query = vectors[7]
+    expected = sorted(((i + 100, float(vectors[i] @ query)) for i in keep), key=lambda x: -x[1])[:10]
+    got = index.search(query, 10)
+    assert [i for i, _ in got] == [i for i, _ in expected]
+    assert np.allclose([s for _, s in got], [s for _, s in expected], atol=1e-6)
+    assert len(index) == 297 and index.get(150) is None
+
+
+def test_a_change_back_to_the_original_content_is_judged_again(make_harness):
+    h = make_harness()
+    a = write_image(h.root / "a.jpg", seed=1)
+    b = write_image(h.root / "b.jpg", seed=2)
+    h.upsert(a, b)
+    b.write_bytes(a.read_bytes())  # b now holds a's bytes
+    h.feed(Change("upsert", str(b)))
+    assert verdict_of(h, b) == ("duplicate", row(h, a).id, 1.0, None)
