@@ -89,7 +89,7 @@ def drop_mysql_table(name: str) -> None:
 
     store = MySQLStore(parse_store_url(MYSQL_URL), "", name, "test")
     try:
-        store._execute_plain(f"DROP TABLE IF EXISTS `{name}`")
+        store._execute_plain(f"DROP TABLE IF EXISTS `{name}`, `{name}_deleted`")
     finally:
         store.close()
 

@@ -208,3 +208,38 @@ def test_two_daemons_sharing_one_mysql_table_catch_each_others_duplicates(
     finally:
         for d in daemons:
             assert d.stop() == 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(180)
+def test_search_is_answered_by_the_running_daemon_and_matches_a_local_search(
+        daemon_env: dict[str, str], reader: Store, tmp_path: Path):
+    from conftest import run_cli
+
+    env = {**daemon_env, "CLIPWATCH_METRICS__LISTEN": f"127.0.0.1:{free_port()}"}
+    root = tmp_path / "watched"
+    files = [write_image(root / f"s{i}.jpg", seed=i) for i in range(4)]
+    daemon = Daemon(env)
+    try:
+        wait_until(lambda: len(rows_under(reader, root)) == 4, timeout=60, what="the rows")
+        served = run_cli("search", str(files[2]), "--json", "--top", "3", env={**env, "CLIPWATCH_LOG__LEVEL": "debug"})
+        assert served.returncode == 0, served.stderr
+        assert "searched_by_daemon" in served.stderr
+        local = run_cli("search", str(files[2]), "--json", "--top", "3", "--local", env=env)
+        assert "searched_by_daemon" not in local.stderr
+        by_daemon = [json.loads(line) for line in served.stdout.splitlines()]
+        by_store = [json.loads(line) for line in local.stdout.splitlines()]
+        assert [r["path"] for r in by_daemon] == [r["path"] for r in by_store]
+        assert by_daemon[0]["path"] == str(files[2]) and by_daemon[0]["similarity"] > 0.9999
+        assert np.allclose([r["similarity"] for r in by_daemon], [r["similarity"] for r in by_store], atol=1e-5)
+        bad = run_cli("search", "--vector", "[1, 2]", env=env)
+        assert bad.returncode == 1 and "vector: has 2 dimensions, the table holds 512" in bad.stderr
+    finally:
+        assert daemon.stop() == 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, load_config
@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser(
         "search", parents=[common], help="which stored images look like this one?",
         description="Rank the stored images (every instance sharing the table, configured model) by cosine "
-                    "similarity to an image, a text description or a vector, best first. Loads the vectors "
-                    "from the store; an image or a text also loads the model.",
+                    "similarity to an image, a text description or a vector, best first. A daemon of the same "
+                    "store and table running at metrics.listen answers at once (index and model loaded); "
+                    "otherwise the vectors are loaded from the store, and the model for an image or a text.",
         epilog="examples:\n  clipwatch search upload.jpg\n  clipwatch search --text 'a red bicycle' --top 10\n"
                "  clipwatch search --vector '[0.012, -0.034, ...]' --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--vector", metavar="JSON", help="a JSON list of numbers, or a .json file holding one")
     search.add_argument("--top", type=int, default=5, metavar="K", help="how many results (default 5)")
     search.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    search.add_argument("--local", action="store_true",
+                        help="do not ask the running daemon (at metrics.listen); load the vectors from the store")
     compare = sub.add_parser(
         "compare", parents=[common], help="the similarity of two images or vectors",
         description="Print one number: how similar A and B are. Each is an image file, a JSON list of "
@@ -152,38 +155,85 @@ def _progress(counts: ScanCounts, metrics: Metrics) -> None:
 
 
 def cmd_search(config: Config, args: argparse.Namespace) -> int:
-    from .embedder import Embedder, model_identity
-    from .search import normalised, parse_vector, read_vector_argument, table
-    from .store import open_store
-    from .sync import load_index
+    import base64
+
+    from .files import read_file
+    from .search import read_vector_argument, table
 
     if args.top < 1:
         raise ConfigError(f"--top: expected a positive integer, got {args.top}")
+    request: dict[str, object] = {"top": args.top}
+    if args.vector is not None:
+        vector = read_vector_argument(args.vector, "--vector")
+        request["vector"] = vector.tolist() if vector is not None else args.vector
+    elif args.text is not None:
+        request["text"] = args.text
+    else:
+        request["image"] = base64.b64encode(read_file(args.image, config.watch.max_file_bytes).data).decode()
+    answer = None if args.local else _ask_daemon(config, request)
+    results = answer["results"] if answer else _search_locally(config, request)
+    if args.json:
+        for r in results:
+            print(json.dumps(r, ensure_ascii=False))
+    else:
+        print(table([(r["path"] or f"<row {r['id']} deleted meanwhile>", r["similarity"]) for r in results]))
+    return 0
+
+
+def _ask_daemon(config: Config, request: dict[str, object]) -> dict[str, Any] | None:
+    """The running daemon's answer (its index and model are loaded), or None if no daemon of this store
+    and table answers at metrics.listen."""
+    import urllib.error
+    import urllib.request
+
+    from .config import metrics_address
+
+    address = metrics_address(config)
+    if address is None or address[1] == 0:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address[0], address[0])
+    url = f"http://[{host}]:{address[1]}/search" if ":" in host else f"http://{host}:{address[1]}/search"
+    body = json.dumps(request).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),
+                                    timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400:
+            raise ClipwatchError(json.loads(exc.read()).get("error", "bad request")) from None
+        return None
+    except (OSError, ValueError):
+        return None  # no daemon there: search locally
+    if answer.get("table") != config.store.table or answer.get("store") != config.store_url.redacted():
+        return None  # a daemon of another store or table
+    log.debug("searched_by_daemon", url=url)
+    return answer
+
+
+def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Load every vector of the configured model from the store, then search."""
+    from .embedder import Embedder, model_identity
+    from .search import query_vector, search_top
+    from .store import open_store
+    from .sync import load_index
+
+    def embedder() -> Embedder:
+        model = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        model.load()
+        return model
+
     store = open_store(config)
     try:
         dimension = store.table_dimension()
         if dimension is None:
             raise ClipwatchError(f"table {config.store.table!r} does not exist yet in {store.location()}")
-        if args.vector is not None:
-            vector = read_vector_argument(args.vector, "--vector")
-            query = parse_vector(vector.tolist() if vector is not None else args.vector, dimension, "--vector")
-        else:
-            embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
-            embedder.load()
-            query = (embedder.embed_texts([args.text]) if args.text is not None
-                     else embedder.embed_images([_open_image(config, args.image)]))[0]
+        query = query_vector(request, dimension, embedder, config.model.max_image_pixels)
         index, _ = load_index(store, model_identity(config.model.name), dimension)
-        hits = index.search(normalised(query, "--vector"), args.top)
+        hits = index.search(query, search_top(request))
         paths = store.paths_of([i for i, _ in hits])
     finally:
         store.close()
-    rows = [(paths.get(i, f"<row {i} deleted meanwhile>"), score) for i, score in hits]
-    if args.json:
-        for (row_id, score), (path, _) in zip(hits, rows, strict=True):
-            print(json.dumps({"id": row_id, "path": path, "similarity": round(score, 6)}, ensure_ascii=False))
-    else:
-        print(table(rows))
-    return 0
+    return [{"id": i, "path": paths.get(i), "similarity": round(s, 6)} for i, s in hits]
 
 
 def _open_image(config: Config, path: str) -> Image.Image:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,7 @@ class Embedder:
         self.device = ""
         self.dimension = 0
         self._model: Any = None  # a SentenceTransformer, once loaded
+        self._lock = threading.Lock()  # the worker, the reference refresh and searches share one model
 
     def load(self) -> None:
         """Load the model and probe it with one image. Raises ModelLoadError with a message for the user."""
@@ -123,7 +125,7 @@ class Embedder:
 
         if self._model is None:
             raise RuntimeError("Embedder.load() was not called")
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             vectors = self._model.encode(items, batch_size=max(len(items), 1), convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
 from .errors import FileRejected
@@ -77,21 +74,3 @@ class Metrics:
 
     def processed_count(self, result: str) -> int:
         return int(self.registry.get_sample_value("clipwatch_files_processed_total", {"result": result}) or 0)
-
-    def serve(self, host: str, port: int) -> MetricsServer:
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        return MetricsServer(server, thread)
-
-
-class MetricsServer:
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
-        self._server, self._thread = server, thread
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

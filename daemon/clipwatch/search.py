@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
 
+from .embedder import Embedder
 from .errors import ClipwatchError
+from .imaging import decode_image
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -54,6 +57,33 @@ def read_vector_argument(arg: str, what: str) -> np.ndarray | None:
         with open(arg, encoding="utf-8") as f:
             return parse_vector(f.read(), what=f"{what} ({arg})")
     return None
+
+
+def query_vector(request: dict[str, Any], dimension: int, embedder: Callable[[], Embedder],
+                 max_image_pixels: int) -> np.ndarray:
+    """The unit vector a search request asks about: {"vector": [...]}, {"text": "..."} or {"image": base64}.
+    `embedder` is called only when the model is needed (a text or an image)."""
+    kinds = [k for k in ("vector", "text", "image") if request.get(k) is not None]
+    if len(kinds) != 1:
+        raise BadVector("a search needs exactly one of vector, text or image")
+    if kinds == ["vector"]:
+        return normalised(parse_vector(request["vector"], dimension, "vector"), "vector")
+    if kinds == ["text"]:
+        if not isinstance(request["text"], str) or not request["text"].strip():
+            raise BadVector("text: expected a non-empty string")
+        return embedder().embed_texts([request["text"]])[0]
+    try:
+        data = base64.b64decode(request["image"], validate=True)
+    except (ValueError, TypeError):
+        raise BadVector("image: expected the image file's bytes in base64") from None
+    return embedder().embed_images([decode_image(data, max_image_pixels)])[0]
+
+
+def search_top(request: dict[str, Any]) -> int:
+    top = request.get("top", 5)
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= 10_000:
+        raise BadVector(f"top: expected an integer from 1 to 10000, got {top!r}")
+    return top
 
 
 def compare(a: np.ndarray, b: np.ndarray, metric: str) -> float:

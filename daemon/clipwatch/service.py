@@ -15,18 +15,21 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from .checker import Checker
 from .config import Config, metrics_address
 from .embedder import Embedder
 from .errors import ConfigError
 from .files import PathFilter
+from .httpapi import HTTPServer
 from .index import VectorIndex
 from .intake import Intake
 from .logs import get_logger
-from .metrics import Metrics, MetricsServer
+from .metrics import Metrics
 from .references import References
 from .scanner import ScanCounts, reconcile
+from .search import query_vector, search_top
 from .store import Store, open_store
 from .sync import IndexSync, load_index
 from .watcher import Watcher
@@ -48,7 +51,9 @@ class Service:
         self.index: VectorIndex | None = None
         self.sync: IndexSync | None = None
         self.scan_counts = ScanCounts()
-        self._metrics_server: MetricsServer | None = None
+        self._http: HTTPServer | None = None
+        self._api_store: Store | None = None  # the HTTP threads' own connection, used under _api_lock
+        self._api_lock = threading.Lock()
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -93,9 +98,10 @@ class Service:
                               self.config.index.sync_interval_s, references, self.config.prohibited.refresh_interval_s,
                               self.metrics)
         address = metrics_address(self.config)
-        if address:
-            self._metrics_server = self.metrics.serve(*address)
-            log.info("metrics_listening", address=f"{address[0]}:{self._metrics_server.port}")
+        if address and watching:
+            self._api_store = open_store(self.config)
+            self._http = HTTPServer(*address, self.metrics.registry, self.answer_search)
+            log.info("metrics_listening", address=f"{address[0]}:{self._http.port}")
 
     def _warn_foreign_rows(self) -> None:
         assert self.store is not None
@@ -174,6 +180,18 @@ class Service:
         finally:
             store.close()
 
+    # --- search, for `clipwatch search` through the HTTP endpoint ------------------------------------
+
+    def answer_search(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.index is not None and self._api_store is not None
+        query = query_vector(request, self.embedder.dimension, lambda: self.embedder,
+                             self.config.model.max_image_pixels)
+        hits = self.index.search(query, search_top(request))
+        with self._api_lock:
+            paths = self._api_store.paths_of([i for i, _ in hits])
+        return {"table": self.config.store.table, "store": self._api_store.location(), "index_size": len(self.index),
+                "results": [{"id": i, "path": paths.get(i), "similarity": round(s, 6)} for i, s in hits]}
+
     # --- shutdown -----------------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
@@ -186,10 +204,10 @@ class Service:
         signal.signal(signal.SIGINT, handle)
 
     def close(self) -> None:
-        if self._metrics_server:
-            self._metrics_server.close()
-            self._metrics_server = None
-        for store in (self.store, self.sync.store if self.sync else None):
+        if self._http:
+            self._http.close()
+            self._http = None
+        for store in (self.store, self.sync.store if self.sync else None, self._api_store):
             if store is not None:
                 store.close()
-        self.store = self.sync = None
+        self.store = self.sync = self._api_store = None
