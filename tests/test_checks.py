@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -253,3 +254,17 @@ def test_a_change_back_to_the_original_content_is_judged_again(make_harness):
     b.write_bytes(a.read_bytes())  # b now holds a's bytes
     h.feed(Change("upsert", str(b)))
     assert verdict_of(h, b) == ("duplicate", row(h, a).id, 1.0, None)
+
+
+def test_prohibited_by_prompt_at_ingest_is_labelled_with_the_prompt(make_harness, embedder: Embedder):
+    # The tiny random model's text-to-image similarities mean nothing, so the threshold is set to -1: every
+    # image matches; what is under test is the flow from prompt to status, label and score.
+    prompts = ["a photo of a weapon", "a company logo"]
+    h = make_harness(prohibited__prompts=json.dumps(prompts), prohibited__text_threshold=-1.0,
+                     prohibited__action="flag")
+    upload = write_image(h.root / "upload.jpg", seed=4)
+    h.upsert(upload)
+    status, _, score, label = verdict_of(h, upload)
+    scores = embedder.embed_texts(prompts) @ h.store.get_vector(str(upload))
+    assert (status, label) == ("prohibited", prompts[int(np.argmax(scores))])
+    assert abs(score - float(scores.max())) < 1e-6
