@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal["upsert", "move", "delete", "delete_tree"]
-Source = Literal["event", "scan"]
+Source = Literal["event", "scan", "rescan"]
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "duplicates and prohibited content like ingested images. A bad line is reported with "
                     "its number and skipped; the others are imported. Exits 1 if any line was bad.")
     imp.add_argument("file", metavar="FILE", help="the JSON-lines file, or - for standard input")
+    sub.add_parser("health", parents=[common], help="is the running daemon healthy? (exit 0 if so)",
+                   description="Ask the daemon at metrics.listen for /healthz. Exits 0 when its worker loop "
+                               "ticked recently, its store answers and its watches run; exits 1 with the "
+                               "reason otherwise (or when no daemon answers). For Docker's HEALTHCHECK and "
+                               "monitoring scripts.")
     db = sub.add_parser("db", help="database commands (init, status)",
                         description="Create the table or show what the store holds.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
@@ -112,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_compare(config, args.a, args.b, args.metric)
         if args.command == "import":
             return cmd_import(config, args.file)
+        if args.command == "health":
+            return cmd_health(config)
         if args.db_command == "init":
             return cmd_db_init(config, args.dimension)
         return cmd_db_status(config, args.json)
@@ -180,19 +187,46 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(config: Config) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = _daemon_url(config, "/healthz")
+    if url is None:
+        raise ConfigError("metrics.listen: the health check needs the daemon's HTTP endpoint, which is disabled")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        print(f"unhealthy: {'; '.join(body.get('problems', [])) or exc.reason}")
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: no daemon answers at {url} ({exc})")
+        return 1
+    print(f"ok: queue {body.get('queue_depth')}, index {body.get('index_size')} vectors")
+    return 0
+
+
+def _daemon_url(config: Config, path: str) -> str | None:
+    from .config import metrics_address
+
+    address = metrics_address(config)
+    if address is None or address[1] == 0:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address[0], address[0])
+    return f"http://[{host}]:{address[1]}{path}" if ":" in host else f"http://{host}:{address[1]}{path}"
+
+
 def _ask_daemon(config: Config, request: dict[str, object]) -> dict[str, Any] | None:
     """The running daemon's answer (its index and model are loaded), or None if no daemon of this store
     and table answers at metrics.listen."""
     import urllib.error
     import urllib.request
 
-    from .config import metrics_address
-
-    address = metrics_address(config)
-    if address is None or address[1] == 0:
+    url = _daemon_url(config, "/search")
+    if url is None:
         return None
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address[0], address[0])
-    url = f"http://[{host}]:{address[1]}/search" if ":" in host else f"http://{host}:{address[1]}/search"
     body = json.dumps(request).encode()
     try:
         with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),

@@ -43,6 +43,7 @@ class WatchConfig:
     extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
     queue_size: int = 1024
     max_file_bytes: int = 256 * 1024 * 1024
+    rescan_interval_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,11 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True)
+class ErrorsConfig:
+    quarantine_dir: str = ""
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9464"
 
@@ -119,6 +125,7 @@ class Config:
     duplicates: DuplicatesConfig = field(default_factory=DuplicatesConfig)
     prohibited: ProhibitedConfig = field(default_factory=ProhibitedConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    errors: ErrorsConfig = field(default_factory=ErrorsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -205,6 +212,7 @@ SECTIONS: dict[str, type] = {
     "duplicates": DuplicatesConfig,
     "prohibited": ProhibitedConfig,
     "quarantine": QuarantineConfig,
+    "errors": ErrorsConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
     "daemon": DaemonConfig,
@@ -320,14 +328,19 @@ def _validate(config: Config) -> Config:
     _unit_interval("duplicates.threshold", config.duplicates.threshold)
     _unit_interval("prohibited.image_threshold", config.prohibited.image_threshold)
     _unit_interval("prohibited.text_threshold", config.prohibited.text_threshold)
-    if config.index.sync_interval_s <= 0 or config.prohibited.refresh_interval_s <= 0:
-        raise ConfigError("index.sync_interval_s and prohibited.refresh_interval_s: expected a number > 0")
+    for key, seconds in (("index.sync_interval_s", config.index.sync_interval_s),
+                         ("prohibited.refresh_interval_s", config.prohibited.refresh_interval_s),
+                         ("watch.rescan_interval_s", w.rescan_interval_s)):
+        if seconds <= 0:
+            raise ConfigError(f"{key}: expected a number of seconds > 0, got {seconds}")
     paths = tuple(_absolute(p) for p in w.paths)
     exts = tuple(e.lower().lstrip(".") for e in w.extensions)
     data_dir = _absolute(d.data_dir or default_data_dir())
     quarantine = _absolute(config.quarantine.dir or os.path.join(data_dir, "quarantine"))
     reference_dir = _absolute(config.prohibited.reference_dir) if config.prohibited.reference_dir else ""
-    for key, inner in (("quarantine.dir", quarantine), ("prohibited.reference_dir", reference_dir)):
+    bad_files = _absolute(config.errors.quarantine_dir) if config.errors.quarantine_dir else ""
+    for key, inner in (("quarantine.dir", quarantine), ("prohibited.reference_dir", reference_dir),
+                       ("errors.quarantine_dir", bad_files)):
         for root in paths:
             if inner and (inner == root or inner.startswith(root.rstrip(os.sep) + os.sep)):
                 raise ConfigError(f"{key}: {inner!r} is inside the watched directory {root!r}; its files would "
@@ -339,6 +352,7 @@ def _validate(config: Config) -> Config:
         daemon=dataclasses.replace(d, data_dir=data_dir),
         quarantine=QuarantineConfig(dir=quarantine),
         prohibited=dataclasses.replace(config.prohibited, reference_dir=reference_dir),
+        errors=ErrorsConfig(quarantine_dir=bad_files),
     )
 
 

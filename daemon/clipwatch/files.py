@@ -27,6 +27,16 @@ class PathFilter:
                 return root
         return None
 
+    def resolves_inside(self, path: str) -> bool:
+        """True if the directory holding `path`, with every symbolic link resolved, is still inside the
+        root: a link to a directory elsewhere never makes its files ours."""
+        root = self.root_of(path)
+        if root is None:
+            return False
+        real_root = os.path.realpath(root)
+        real_dir = os.path.realpath(os.path.dirname(path))
+        return real_dir == real_root or real_dir.startswith(real_root.rstrip(os.sep) + os.sep)
+
     def ignored_name(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
 
@@ -73,8 +83,21 @@ def check_name(path: str) -> None:
 
 
 def read_file(path: str, max_bytes: int) -> FileBytes:
-    """Read a whole regular file without following a symlink or blocking on a FIFO; hash its bytes."""
+    """Read a whole regular file and hash its bytes. Nothing that is not a regular file is ever opened
+    (opening a FIFO blocks, opening a device can act on it), and a symbolic link is never followed."""
     check_name(path)
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise FileRejected("not_found", "the file disappeared before it could be read") from None
+    except OSError as exc:
+        raise FileRejected("unreadable", f"cannot look at it: {exc.strerror}") from None
+    if stat.S_ISLNK(before.st_mode):
+        raise FileRejected("not_a_file", "it is a symbolic link; links are not followed")
+    if not stat.S_ISREG(before.st_mode):
+        raise FileRejected("not_a_file", "it is not a regular file (a directory, FIFO, socket or device)")
+    if before.st_size > max_bytes:
+        raise FileRejected("too_large", f"{before.st_size} bytes is over watch.max_file_bytes = {max_bytes}")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -85,12 +108,10 @@ def read_file(path: str, max_bytes: int) -> FileBytes:
         raise FileRejected("unreadable", f"cannot open it: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileRejected("not_a_file", "it is not a regular file (directory, FIFO, socket or device)")
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(st.st_mode):
+            raise FileRejected("not_found", "it was replaced while being opened; the new file comes next")
         if st.st_size == 0:
             raise FileRejected("empty", "the file is empty (0 bytes)")
-        if st.st_size > max_bytes:
-            raise FileRejected("too_large", f"{st.st_size} bytes is over watch.max_file_bytes = {max_bytes}")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(max_bytes + 1)
     except OSError as exc:

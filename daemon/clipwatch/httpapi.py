@@ -1,6 +1,7 @@
 """The daemon's HTTP endpoint (`metrics.listen`): Prometheus metrics, and similarity search.
 
     GET  /metrics   Prometheus text format (prometheus_client's own WSGI app)
+    GET  /healthz   200 {"status": "ok", ...} or 503 {"status": "unhealthy", "problems": [...]}
     POST /search    {"vector": [...]} | {"text": "..."} | {"image": "<base64 of an image file>"}, "top": K
                     -> {"table": ..., "store": ..., "index_size": N, "results": [{"id", "path", "similarity"}]}
 
@@ -26,6 +27,7 @@ from .logs import get_logger
 log = get_logger(__name__)
 MAX_BODY = 64 * 1024 * 1024
 SearchHandler = Callable[[dict[str, Any]], dict[str, Any]]
+HealthHandler = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -34,13 +36,17 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class HTTPServer:
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, search: SearchHandler | None) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, search: SearchHandler | None,
+                 health: HealthHandler | None = None) -> None:
         metrics_app = make_wsgi_app(registry)
-        self._search = search
+        self._search, self._health = search, health
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO") == "/search":
                 return self._handle_search(environ, start_response)
+            if environ.get("PATH_INFO") == "/healthz" and self._health is not None:
+                healthy, body = self._health()
+                return _json(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
             return metrics_app(environ, start_response)
 
         server_class = type("Server", (ThreadingWSGIServer,), {

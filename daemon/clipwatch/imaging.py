@@ -9,6 +9,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileRejected
 
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode an image file's bytes into an RGB image (first frame of an animation).
@@ -16,28 +18,33 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     Pillow checks the declared size against `max_pixels` before allocating anything, so a tiny file
     that declares 50,000 x 50,000 pixels is refused without using the memory.
     """
+    # Pillow refuses (DecompressionBombError) above twice its limit, also for frames it meets on seek;
+    # set so that it refuses above ours. Its warning between 1x and 2x is ignored: we check ourselves.
+    Image.MAX_IMAGE_PIXELS = max(max_pixels // 2, 1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise FileRejected("too_many_pixels", f"{width}x{height} pixels is over model.max_image_pixels "
-                                                      f"= {max_pixels}")
-            img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        img: Image.Image = Image.open(io.BytesIO(data))
+        _check_pixels(img, max_pixels)
+        img.seek(0)
+        _check_pixels(img, max_pixels)  # the first frame of an animation may be larger than its header says
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
     except FileRejected:
         raise
     except UnidentifiedImageError:
         raise FileRejected("not_an_image", "not an image file Pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise FileRejected("too_many_pixels", str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise FileRejected("decode_error", f"broken image data: {exc}") from None
     except Exception as exc:  # hostile files reach odd corners of the decoders (struct.error, IndexError...)
         raise FileRejected("decode_error", f"broken image data ({type(exc).__name__}: {exc})") from None
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    width, height = img.size
+    if width * height > max_pixels:
+        raise FileRejected("too_many_pixels", f"{width}x{height} pixels is over model.max_image_pixels = {max_pixels}")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

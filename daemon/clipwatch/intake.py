@@ -7,8 +7,13 @@ A file is complete when
   were modified moments ago).
 
 Files that are being written (inotify reported a write but no close yet) wait for the close, however
-long the writer takes. Everything that is ready goes to a bounded queue; when it is full, `put`
-blocks the caller (back-pressure) instead of dropping anything.
+long the writer takes. Everything that is ready goes to a bounded queue. When it is full, the scanner
+waits (`put` blocks: back-pressure); the watcher's thread must never block (the kernel's event queue
+would overflow behind it), so an event that finds the queue full is dropped, counted, and a rescan is
+requested, which finds the file again once the queue has room.
+
+The intake also remembers files the worker refused (a broken image, say) with their size and mtime,
+so that rescans do not try them again until they change.
 """
 
 from __future__ import annotations
@@ -42,13 +47,15 @@ class Intake:
         self.metrics = metrics
         self.metrics.queue_capacity.set(capacity)
         self._pending: dict[str, _Pending] = {}
+        self._refused: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self.closed = threading.Event()
+        self.rescan_wanted = threading.Event()
 
     # --- called by the watcher and the scanner ----------------------------------------------------
 
     def ready(self, change: Change) -> None:
-        """A change that needs no waiting (a close-after-write, a rename, a delete)."""
+        """A change that needs no waiting (a close-after-write, a rename, a delete), from the watcher."""
         with self._lock:
             waiting = self._pending.pop(change.path, None)
             if change.kind == "move" and waiting is not None:
@@ -60,7 +67,18 @@ class Intake:
                 prefix = change.path.rstrip(os.sep) + os.sep
                 for p in [p for p in self._pending if p.startswith(prefix)]:
                     del self._pending[p]
-        self.put(change)
+        self.offer(change)
+
+    def offer(self, change: Change) -> bool:
+        """Queue without waiting; when the queue is full, drop the change and ask for a rescan."""
+        try:
+            self.queue.put_nowait(change)
+        except queue.Full:
+            self.metrics.events_dropped.inc()
+            self.rescan_wanted.set()
+            return False
+        self.metrics.queue_depth.set(self.queue.qsize())
+        return True
 
     def wait_for_close(self, path: str, source: Source = "event") -> None:
         with self._lock:
@@ -119,8 +137,21 @@ class Intake:
                     del self._pending[path]
                     due.append(Change("upsert", path, source=p.source))
         for change in due:
-            self.put(change)
+            self.offer(change)
         return len(due)
+
+    # --- files the worker refused -------------------------------------------------------------------
+
+    def remember_refused(self, path: str) -> None:
+        sig = _signature(path)
+        if sig is not None:
+            with self._lock:
+                self._refused[path] = sig
+
+    def refused_unchanged(self, path: str, size: int, mtime_ns: int) -> bool:
+        """True if the worker refused this file and it has not changed since."""
+        with self._lock:
+            return self._refused.get(path) == (size, mtime_ns)
 
     def run_settle_loop(self) -> None:
         interval = min(max(self.settle_s / 4, 0.02), 0.5)

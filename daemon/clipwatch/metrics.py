@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from . import __version__
 from .errors import FileRejected
 
-SOURCES = ("event", "scan")
+SOURCES = ("event", "scan", "rescan")
 RESULTS = ("embedded", "unchanged", "moved", "deleted", "failed", "rejected")
 STAGES = ("read", "decode", "embed", "check", "write")
 VERDICTS = ("duplicate", "prohibited")
@@ -17,7 +17,8 @@ ERROR_STAGES = {"read": ("not_found", "not_a_file", "empty", "too_large", "unrea
                 "decode": ("not_an_image", "decode_error", "too_many_pixels"),
                 "embed": ("embed_error",),
                 "store": ("store_error",),
-                "worker": ("unexpected",)}
+                "worker": ("unexpected",),
+                "watch": ("inotify_limit", "root_missing")}
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -37,6 +38,9 @@ class Metrics:
         self.errors = Counter("clipwatch_errors_total", "Failures, by pipeline stage and reason",
                               ["stage", "reason"], registry=r)
         self.queue_depth = Gauge("clipwatch_queue_depth", "Files waiting for the worker", registry=r)
+        self.events_dropped = Counter("clipwatch_events_dropped_total",
+                                      "File events dropped because the queue was full (a rescan recovers them)",
+                                      registry=r)
         self.queue_capacity = Gauge("clipwatch_queue_capacity", "Size of the bounded queue", registry=r)
         self.batch_size = Histogram("clipwatch_batch_size", "Files per batch taken by the worker",
                                     buckets=BATCH_BUCKETS, registry=r)

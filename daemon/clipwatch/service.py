@@ -17,10 +17,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .changes import Source
 from .checker import Checker
 from .config import Config, metrics_address
 from .embedder import Embedder
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .files import PathFilter
 from .httpapi import HTTPServer
 from .index import VectorIndex
@@ -36,6 +37,7 @@ from .watcher import Watcher
 from .worker import Worker
 
 log = get_logger(__name__)
+HEALTH_TICK_S = 60.0  # the worker's loop ticks at least every 30 s, even while it waits for the store
 
 
 class Service:
@@ -51,6 +53,7 @@ class Service:
         self.index: VectorIndex | None = None
         self.sync: IndexSync | None = None
         self.scan_counts = ScanCounts()
+        self.watcher: Watcher | None = None
         self._http: HTTPServer | None = None
         self._api_store: Store | None = None  # the HTTP threads' own connection, used under _api_lock
         self._api_lock = threading.Lock()
@@ -92,7 +95,7 @@ class Service:
         references.load()
         self.metrics.references.set(len(references))
         checker = Checker(self.config, self.index, references)
-        self.worker = Worker(self.config, self.intake.queue, self.store, self.embedder, self.paths, self.metrics,
+        self.worker = Worker(self.config, self.intake, self.store, self.embedder, self.paths, self.metrics,
                              self.index, checker)
         self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, since,
                               self.config.index.sync_interval_s, references, self.config.prohibited.refresh_interval_s,
@@ -100,7 +103,7 @@ class Service:
         address = metrics_address(self.config)
         if address and watching:
             self._api_store = open_store(self.config)
-            self._http = HTTPServer(*address, self.metrics.registry, self.answer_search)
+            self._http = HTTPServer(*address, self.metrics.registry, self.answer_search, self.health)
             log.info("metrics_listening", address=f"{address[0]}:{self._http.port}")
 
     def _warn_foreign_rows(self) -> None:
@@ -113,17 +116,17 @@ class Service:
     # --- modes --------------------------------------------------------------------------------------
 
     def run(self, handle_signals: bool = True) -> int:
-        """The daemon: watch, scan once, process until SIGTERM/SIGINT (or `stop_event`), then stop
-        gracefully. Returns 0."""
+        """The daemon: watch, scan, process until SIGTERM/SIGINT (or `stop_event`), rescanning every
+        watch.rescan_interval_s; then stop gracefully. Returns 0."""
         assert self.worker is not None and self.sync is not None
         if handle_signals:
             self._install_signal_handlers()
-        watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
-        watcher.start()  # watches first, so nothing changed during the scan is missed
+        self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
+        self.watcher.start()  # watches first, so nothing changed during the scan is missed
         threads = [
             threading.Thread(target=self.worker.run, args=(self.stop_event,), name="worker", daemon=True),
             threading.Thread(target=self.intake.run_settle_loop, name="settle", daemon=True),
-            threading.Thread(target=self._scan_all, name="scanner", daemon=True),
+            threading.Thread(target=self._scan_loop, name="scanner", daemon=True),
             threading.Thread(target=self.sync.run, args=(self.stop_event,), name="index-sync", daemon=True),
         ]
         for t in threads:
@@ -131,7 +134,7 @@ class Service:
         log.info("running", roots=list(self.config.watch.paths), store=self.store.location() if self.store else "")
         self.stop_event.wait()
         log.info("stopping", timeout_s=self.config.daemon.shutdown_timeout_s)
-        watcher.stop()
+        self.watcher.stop()
         self.intake.close()
         threads[0].join(self.config.daemon.shutdown_timeout_s)
         if threads[0].is_alive():
@@ -139,6 +142,21 @@ class Service:
         self.close()
         log.info("stopped")
         return 0
+
+    def _scan_loop(self) -> None:
+        """The start-up scan, then a rescan every watch.rescan_interval_s, or sooner when the queue had to
+        drop events; each first puts back the watch of any root that disappeared and came back."""
+        source: Source = "scan"
+        while not self.stop_event.is_set():
+            self._scan_all(source=source)
+            source = "rescan"
+            self.intake.rescan_wanted.wait(self.config.watch.rescan_interval_s)
+            if self.intake.rescan_wanted.is_set():
+                self.intake.rescan_wanted.clear()
+                while self.intake.queue.full() and not self.stop_event.wait(0.5):
+                    pass  # a rescan into a full queue would only wait: let the worker drain it first
+            if self.watcher is not None:
+                self.watcher.ensure_watches()
 
     def scan(self, on_progress: Callable[[ScanCounts, Metrics], None] | None = None) -> ScanCounts:
         """One-shot reconcile: scan every root, process everything queued, return the counts."""
@@ -161,24 +179,45 @@ class Service:
             self.close()
         return self.scan_counts
 
-    def _scan_all(self, settle: bool = True) -> None:
-        store = open_store(self.config)  # the scanner's own connection: the worker owns the other
+    def _scan_all(self, settle: bool = True, source: Source = "scan") -> None:
+        self.scan_counts = ScanCounts()
+        try:
+            store = open_store(self.config)  # the scanner's own connection: the worker owns the other
+        except StoreError as exc:
+            log.warning("scan_skipped", error=str(exc), action="tried again at the next rescan")
+            return
         try:
             started = time.monotonic()
             if not settle:
                 self.intake.settle_s = 0.0  # one-shot: a file modified a moment ago is taken as it is
             for root in self.config.watch.paths:
                 reconcile(root, store, self.paths, self.intake, self.embedder.identity, self.metrics,
-                          self.scan_counts)
+                          self.scan_counts, source)
                 if self.scan_counts.stopped:
                     return
             c = self.scan_counts
-            log.info("scan_finished", files=c.files, queued=c.queued, gone=c.gone,
+            log.info(f"{source}_finished", files=c.files, queued=c.queued, gone=c.gone,
                      seconds=round(time.monotonic() - started, 2))
         except Exception:
             log.exception("scan_failed")
         finally:
             store.close()
+
+    # --- health, for /healthz and `clipwatch health` ---------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when the worker's loop ticked recently, the store answered, and the watches run."""
+        problems = []
+        tick_age = time.monotonic() - self.worker.last_tick if self.worker else float("inf")
+        if tick_age > HEALTH_TICK_S:
+            problems.append(f"the worker loop has not ticked for {tick_age:.0f} s")
+        if self.metrics.registry.get_sample_value("clipwatch_store_up") != 1:
+            problems.append("the store is unreachable")
+        if self.watcher is not None and not self.watcher.alive():
+            problems.append("the file watcher has stopped")
+        return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems,
+                              "worker_tick_age_s": round(tick_age, 1), "queue_depth": self.intake.queue.qsize(),
+                              "index_size": len(self.index) if self.index else 0}
 
     # --- search, for `clipwatch search` through the HTTP endpoint ------------------------------------
 

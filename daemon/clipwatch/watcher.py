@@ -8,6 +8,7 @@ and mtime hold still for `watch.settle_ms`.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from watchdog.events import (
@@ -22,7 +23,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from .changes import Change
@@ -58,7 +59,8 @@ class ChangeHandler(FileSystemEventHandler):
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(event.dest_path)
         if event.is_directory:
-            if event.event_type == "deleted" or (event.event_type == "moved" and not dest):
+            gone = event.event_type == "deleted" or (event.event_type == "moved" and not dest)
+            if gone and src not in self.paths.roots:  # a root that vanishes keeps its rows: see Watcher
                 self.intake.ready(Change("delete_tree", src))
             return  # files inside a moved directory arrive as their own move/create events
         match event:
@@ -96,28 +98,78 @@ class ChangeHandler(FileSystemEventHandler):
 
 
 class Watcher:
-    """Owns the observer; `start()` places the watches, `stop()` removes them."""
+    """Owns the observer; `start()` places the watches, `stop()` removes them.
+
+    A root that disappears (unmounted, deleted) loses its watch, and its rows are kept; `ensure_watches()`,
+    called by the rescan loop, puts the watch back once the directory is there again. If the kernel's
+    inotify limits are reached, the watcher says so and falls back to polling rather than miss files."""
 
     def __init__(self, config: WatchConfig, intake: Intake, paths: PathFilter, metrics: Metrics) -> None:
-        self.config = config
-        self.observer: BaseObserver
-        if config.polling:
-            self.observer = PollingObserver(timeout=config.poll_interval_ms / 1000)
+        self.config, self.intake, self.paths, self.metrics = config, intake, paths, metrics
+        self.observer = self._make_observer(config.polling)
+        self._watches: dict[str, ObservedWatch] = {}
+
+    def _make_observer(self, polling: bool) -> BaseObserver:
+        observer: BaseObserver
+        if polling:
+            observer = PollingObserver(timeout=self.config.poll_interval_ms / 1000)
         else:
             # full events: a file moved in from outside arrives as a move with an empty source, not a create
-            self.observer = Observer(generate_full_events=True)  # type: ignore[call-arg]
-        close_events = type(self.observer).__name__ == "InotifyObserver"
-        self.handler = ChangeHandler(intake, paths, metrics, close_events=close_events)
+            observer = Observer(generate_full_events=True)  # type: ignore[call-arg]
+        close_events = type(observer).__name__ == "InotifyObserver"
+        self.handler = ChangeHandler(self.intake, self.paths, self.metrics, close_events=close_events)
+        return observer
 
     @property
     def kind(self) -> str:
         return type(self.observer).__name__
 
     def start(self) -> None:
-        for root in self.config.paths:
-            self.observer.schedule(self.handler, root, recursive=True, event_filter=EVENTS)
-        self.observer.start()
+        try:
+            self._schedule_all()
+            self.observer.start()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE) or self.config.polling:
+                raise
+            log.error("inotify_limit", error=str(exc), action="falling back to polling",
+                      fix="raise fs.inotify.max_user_watches / max_user_instances (sysctl), or set "
+                          "watch.polling = true")
+            self.metrics.errors.labels("watch", "inotify_limit").inc()
+            self.observer.stop()
+            self.observer = self._make_observer(polling=True)
+            self._watches.clear()
+            self._schedule_all()
+            self.observer.start()
         log.info("watching", roots=list(self.config.paths), observer=self.kind)
+
+    def _schedule_all(self) -> None:
+        for root in self.config.paths:
+            if os.path.isdir(root):
+                self._watches[root] = self.observer.schedule(self.handler, root, recursive=True, event_filter=EVENTS)
+
+    def alive(self) -> bool:
+        return self.observer.is_alive()
+
+    def ensure_watches(self) -> list[str]:
+        """Watch again every root that is back after it disappeared. Returns those roots."""
+        alive = {e.watch.path for e in list(self.observer.emitters) if e.is_alive()}
+        restored = []
+        for root in self.config.paths:
+            if root in alive or not os.path.isdir(root):
+                continue
+            if root in self._watches:
+                try:
+                    self.observer.unschedule(self._watches.pop(root))
+                except (KeyError, OSError):
+                    pass
+            try:
+                self._watches[root] = self.observer.schedule(self.handler, root, recursive=True, event_filter=EVENTS)
+            except OSError as exc:
+                log.error("watch_failed", root=root, error=str(exc))
+                continue
+            log.info("root_watched_again", root=root)
+            restored.append(root)
+        return restored
 
     def stop(self) -> None:
         self.observer.stop()

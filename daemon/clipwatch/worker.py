@@ -36,6 +36,7 @@ from .errors import FileRejected, StoreError
 from .files import PathFilter, check_name, read_file
 from .imaging import decode_image
 from .index import VectorIndex
+from .intake import Intake
 from .logs import get_logger
 from .metrics import Metrics
 from .quarantine import quarantine_file
@@ -44,6 +45,9 @@ from .store import Applied, Delete, DeleteTree, Op, Rename, Store, StoredFile, T
 log = get_logger(__name__)
 T = TypeVar("T")
 BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
+# Refused files that errors.quarantine_dir takes; directories, FIFOs, links and unreadable files stay put.
+MOVABLE = frozenset({"empty", "too_large", "bad_name", "not_an_image", "decode_error", "too_many_pixels",
+                     "embed_error"})
 
 
 @dataclass
@@ -80,9 +84,10 @@ class BatchPlan:
 
 
 class Worker:
-    def __init__(self, config: Config, changes: queue.Queue[Change], store: Store, embedder: Embedder,
+    def __init__(self, config: Config, intake: Intake, store: Store, embedder: Embedder,
                  paths: PathFilter, metrics: Metrics, index: VectorIndex, checker: Checker) -> None:
-        self.config, self.changes, self.store, self.embedder = config, changes, store, embedder
+        self.config, self.intake, self.store, self.embedder = config, intake, store, embedder
+        self.changes = intake.queue
         self.paths, self.metrics, self.index, self.checker = paths, metrics, index, checker
         self.batch_size = config.model.batch_size
         self.max_wait_s = config.model.max_wait_ms / 1000
@@ -197,6 +202,8 @@ class Worker:
     def _plan_upsert(self, path: str, state: dict[str, _Known | None], plan: BatchPlan) -> None:
         model = self.embedder.identity
         try:
+            if not self.paths.resolves_inside(path):
+                raise FileRejected("not_a_file", "its directory is a symbolic link out of the watched root")
             with self.metrics.stage_seconds.labels("read").time():
                 file = read_file(path, self.config.watch.max_file_bytes)
             known = state.get(path)
@@ -360,7 +367,15 @@ class Worker:
             return
         plan.counts["failed"] += 1
         self.metrics.rejected(exc)
-        log.warning("file_rejected", path=path, reason=exc.reason, error=str(exc))
+        moved_to = None
+        if self.config.errors.quarantine_dir and exc.reason in MOVABLE:
+            try:
+                moved_to = quarantine_file(path, self.paths, self.config.errors.quarantine_dir)
+            except OSError as move_error:
+                log.error("quarantine_failed", path=path, error=str(move_error), action="left in place")
+        if moved_to is None:
+            self.intake.remember_refused(path)  # not tried again until it changes
+        log.warning("file_rejected", path=path, reason=exc.reason, error=str(exc), moved_to=moved_to)
 
     def _with_retry(self, fn: Callable[[], T], stop: threading.Event | None) -> T | None:
         """Run a store call, retrying with capped exponential backoff while the store is down.
