@@ -7,9 +7,12 @@ run `pytest -m "not mysql"` knowingly.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -143,3 +146,96 @@ def clipwatch_command(*args: str) -> list[str]:
 def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(clipwatch_command(*args), env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+class Daemon:
+    """A running `clipwatch run` whose JSON log lines are collected as they arrive."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(clipwatch_command("run"), env={**os.environ, **env}, text=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.events: list[dict[str, object]] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.raw.append(line)
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def saw(self, event: str) -> bool:
+        if self.proc.poll() is not None and not any(e.get("event") == event for e in self.events):
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{''.join(self.raw)}")
+        return any(e.get("event") == event for e in self.events)
+
+    def kill(self) -> None:
+        """kill -9: no chance to finish anything."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self.proc.kill()  # no-op once it has exited; a hung daemon must not outlive the test
+            self._reader.join(5)
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def daemon_env(store_url: str, make_config: Callable[..., Config], model_dir: Path, table: str,
+               tmp_path: Path) -> dict[str, str]:
+    make_config(store_url)  # validates the same settings the subprocess gets
+    return {
+        "CLIPWATCH_WATCH__PATHS": str(tmp_path / "watched"),
+        "CLIPWATCH_MODEL__NAME": str(model_dir),
+        "CLIPWATCH_MODEL__DEVICE": "cpu",
+        "CLIPWATCH_MODEL__MAX_WAIT_MS": "50",
+        "CLIPWATCH_STORE__URL": store_url,
+        "CLIPWATCH_STORE__TABLE": table,
+        "CLIPWATCH_STORE__INSTANCE": "test",
+        "CLIPWATCH_METRICS__LISTEN": "127.0.0.1:0",
+        "CLIPWATCH_DAEMON__DATA_DIR": str(tmp_path / "data"),
+        "CLIPWATCH_LOG__FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def reader(store_url: str, make_config: Callable[..., Config]) -> Iterator[Store]:
+    store = open_store(make_config(store_url))
+    store.init_schema(512)  # what the daemon does on start; created here so the test can read before that
+    yield store
+    store.close()
+
+
+def scrape(daemon: Daemon) -> dict[str, float]:
+    """GET /metrics from the address the daemon logged; sample name with labels -> value."""
+    import urllib.request
+
+    address = next(e["address"] for e in daemon.events if e.get("event") == "metrics_listening")
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def rows_under(store: Store, root: Path) -> dict[str, object]:
+    return {f.path: f for f in store.iter_files(str(root))}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import queue
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -129,7 +128,7 @@ class Intake:
                 if p.wait_close:
                     continue
                 sig = _signature(path)
-                if sig is None:  # gone, or not a regular file: the delete event (if any) tells the worker
+                if sig is None:  # gone: the delete event (if any) tells the worker
                     del self._pending[path]
                 elif sig != p.signature:
                     p.signature, p.stable_since = sig, now
@@ -143,10 +142,12 @@ class Intake:
     # --- files the worker refused -------------------------------------------------------------------
 
     def remember_refused(self, path: str) -> None:
-        sig = _signature(path)
-        if sig is not None:
-            with self._lock:
-                self._refused[path] = sig
+        try:
+            st = os.lstat(path)  # any kind of file: a FIFO named x.jpg is refused once, not at every rescan
+        except OSError:
+            return
+        with self._lock:
+            self._refused[path] = (st.st_size, st.st_mtime_ns)
 
     def refused_unchanged(self, path: str, size: int, mtime_ns: int) -> bool:
         """True if the worker refused this file and it has not changed since."""
@@ -163,10 +164,10 @@ class Intake:
 
 
 def _signature(path: str) -> tuple[int, int] | None:
+    """Size and mtime of whatever is at `path` (not following a link), or None if nothing is. A FIFO or a
+    link settles too: the worker refuses it, with a reason, without ever opening it."""
     try:
         st = os.lstat(path)
     except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
         return None
     return st.st_size, st.st_mtime_ns

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from watchdog.events import (
     DirDeletedEvent,
@@ -107,7 +108,7 @@ class Watcher:
     def __init__(self, config: WatchConfig, intake: Intake, paths: PathFilter, metrics: Metrics) -> None:
         self.config, self.intake, self.paths, self.metrics = config, intake, paths, metrics
         self.observer = self._make_observer(config.polling)
-        self._watches: dict[str, ObservedWatch] = {}
+        self._watches: dict[str, tuple[ObservedWatch, tuple[int, int] | None]] = {}
 
     def _make_observer(self, polling: bool) -> BaseObserver:
         observer: BaseObserver
@@ -145,25 +146,34 @@ class Watcher:
     def _schedule_all(self) -> None:
         for root in self.config.paths:
             if os.path.isdir(root):
-                self._watches[root] = self.observer.schedule(self.handler, root, recursive=True, event_filter=EVENTS)
+                self._schedule(root)
+
+    def _schedule(self, root: str) -> None:
+        identity = _identity(root)
+        self._watches[root] = (self.observer.schedule(self.handler, root, recursive=True, event_filter=EVENTS),
+                               identity)
 
     def alive(self) -> bool:
         return self.observer.is_alive()
 
     def ensure_watches(self) -> list[str]:
-        """Watch again every root that is back after it disappeared. Returns those roots."""
+        """Drop the watch of a root that is gone (a watch follows its directory wherever it was moved),
+        and watch again every root that is back. Returns the roots watched again."""
         alive = {e.watch.path for e in list(self.observer.emitters) if e.is_alive()}
         restored = []
         for root in self.config.paths:
-            if root in alive or not os.path.isdir(root):
-                continue
-            if root in self._watches:
+            current = _identity(root)
+            watch = self._watches.get(root)
+            if watch is not None and (current != watch[1] or root not in alive):
+                self._watches.pop(root)
                 try:
-                    self.observer.unschedule(self._watches.pop(root))
+                    self.observer.unschedule(watch[0])
                 except (KeyError, OSError):
                     pass
+            if current is None or root in self._watches:
+                continue
             try:
-                self._watches[root] = self.observer.schedule(self.handler, root, recursive=True, event_filter=EVENTS)
+                self._schedule(root)
             except OSError as exc:
                 log.error("watch_failed", root=root, error=str(exc))
                 continue
@@ -174,3 +184,12 @@ class Watcher:
     def stop(self) -> None:
         self.observer.stop()
         self.observer.join(timeout=5)
+
+
+def _identity(directory: str) -> tuple[int, int] | None:
+    """Which directory is there now (device, inode), or None if none is."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
