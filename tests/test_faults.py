@@ -63,14 +63,18 @@ def test_ten_kill_9s_during_an_ingest_of_2000_files_end_with_exactly_2000_correc
     files = [write_image(root / f"d{i % 20:02}" / f"{i:04}.jpg", seed=i, size=(32, 24)) for i in range(2000)]
     env = {**daemon_env, "CLIPWATCH_METRICS__LISTEN": ""}
     rng = random.Random(2000)
+    landed: list[int] = []  # rows after each kill, to show in a failure
     for round_ in range(10):
         daemon = Daemon(env)
-        if round_ % 2:  # mid-ingest: once batches are being committed
-            wait_until(lambda d=daemon: d.saw("batch_committed"), timeout=60, what="a batch to commit")
+        if round_ % 2:  # mid-ingest: once batches are being committed (if anything is left to do)
+            wait_until(lambda d=daemon: d.saw("batch_committed") or any(
+                e.get("event") == "scan_finished" and e.get("queued") == 0 for e in d.events),
+                timeout=60, what="a batch to commit")
             time.sleep(rng.uniform(0.0, 1.5))
         else:  # any moment: model loading, the start-up scan, the first batches
             time.sleep(rng.uniform(0.5, 8.0))
         daemon.kill()
+        landed.append(len(stored_rows(reader, root)))
         if round_ % 3 == 2:  # the world moves on while the daemon is down
             victim = files.pop(rng.randrange(len(files)))
             victim.unlink()
@@ -81,7 +85,7 @@ def test_ten_kill_9s_during_an_ingest_of_2000_files_end_with_exactly_2000_correc
     try:
         expected = expected_rows(root)
         wait_until(lambda: stored_rows(reader, root) == expected, timeout=240, interval=1,
-                   what="exactly one correct row per file")
+                   what=f"exactly one correct row per file (rows after each kill: {landed})")
     finally:
         assert final.stop() == 0
     assert len(expected) == 2000
