@@ -105,26 +105,39 @@ def test_every_command_has_useful_help():
 
 @pytest.mark.mysql
 @pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
-def test_the_documented_least_privilege_user_is_enough(env: dict[str, str], tmp_path: Path):
+def test_the_documented_least_privilege_users_are_enough(env: dict[str, str], tmp_path: Path):
     from clipwatch.config import parse_store_url
     from clipwatch.store.mysql import MySQLStore
     from conftest import mysql_url
 
     admin_url = parse_store_url(mysql_url())
     admin = MySQLStore(admin_url, "", "unused", "test")
-    sql = (Path(__file__).parent.parent / "config" / "mysql-setup.sql").read_text()
-    statements = "\n".join(line for line in sql.splitlines() if not line.startswith("--")).split(";")
+
+    def run_sql_file(name: str) -> None:
+        sql = (Path(__file__).parent.parent / "config" / name).read_text()
+        for statement in "\n".join(line for line in sql.splitlines() if not line.startswith("--")).split(";"):
+            if statement.strip():
+                admin._execute_plain(statement.replace("change-me", "t3st-pw"))
+
+    user_env = {**env, "CLIPWATCH_STORE__URL": f"mysql://clipwatch@{admin_url.host}:{admin_url.port}/clipwatch",
+                "CLIPWATCH_STORE__PASSWORD": "t3st-pw", "CLIPWATCH_STORE__TABLE": "images"}
     try:
         admin._execute_plain("DROP DATABASE IF EXISTS clipwatch")
         admin._execute_plain("DROP USER IF EXISTS 'clipwatch'@'%'")
-        for statement in filter(str.strip, statements):
-            admin._execute_plain(statement.replace("change-me", "t3st-pw"))
+        run_sql_file("mysql-setup.sql")  # database-wide grants, CREATE included: the daemon makes its tables
         write_image(tmp_path / "watched" / "a.jpg", seed=1)
-        user_env = {**env, "CLIPWATCH_STORE__URL": f"mysql://clipwatch@{admin_url.host}:{admin_url.port}/clipwatch",
-                    "CLIPWATCH_STORE__PASSWORD": "t3st-pw"}
         scan = run_cli("scan", env=user_env)
         assert scan.returncode == 0, scan.stderr
         assert "embedded 1" in scan.stdout
+
+        run_sql_file("mysql-strict-grants.sql")  # rows of its two tables only, nothing else
+        write_image(tmp_path / "watched" / "b.jpg", seed=2)
+        (tmp_path / "watched" / "a.jpg").unlink()
+        scan = run_cli("scan", env=user_env)
+        assert scan.returncode == 0, scan.stderr
+        assert "embedded 1, unchanged 0, deleted 1" in scan.stdout
+        denied = run_cli("db", "init", "--dimension", "512", env={**user_env, "CLIPWATCH_STORE__TABLE": "other"})
+        assert denied.returncode == 1 and "CREATE command denied" in denied.stderr
     finally:
         admin._execute_plain("DROP DATABASE IF EXISTS clipwatch")
         admin._execute_plain("DROP USER IF EXISTS 'clipwatch'@'%'")

@@ -307,3 +307,30 @@ def test_a_second_signal_exits_at_once_without_half_written_rows(daemon_env: dic
     expected = expected_rows(root)
     assert all(expected[p] == sha for p, sha in rows.items())  # whatever landed landed whole
     assert all(reader.get_vector(p) is not None for p in rows)
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
+@pytest.mark.timeout(420)
+def test_a_burst_of_20000_files_faster_than_the_watcher_ends_with_20000_rows(
+        daemon_env: dict[str, str], reader: Store, tmp_path: Path):
+    # The queue is far smaller than the burst, so most events are dropped (as the kernel drops them when
+    # its inotify queue overflows): what must bring every file in is the rescan.
+    root = tmp_path / "watched"
+    env = {**daemon_env, "CLIPWATCH_WATCH__QUEUE_SIZE": "256", "CLIPWATCH_MODEL__BATCH_SIZE": "256",
+           "CLIPWATCH_WATCH__RESCAN_INTERVAL_S": "600", "CLIPWATCH_METRICS__LISTEN": f"127.0.0.1:{free_port()}"}
+    daemon = Daemon(env)
+    try:
+        wait_until(lambda: daemon.saw("scan_finished"), timeout=60, what="start-up")
+        for d in range(40):
+            (root / f"d{d:02}").mkdir()
+        for i in range(20_000):
+            write_image(root / f"d{i % 40:02}" / f"{i:05}.jpg", seed=i, size=(16, 12))
+        expected = expected_rows(root)
+        wait_until(lambda: len(stored_rows(reader, root)) == 20_000, timeout=300, interval=2,
+                   what="20,000 rows")
+        assert stored_rows(reader, root) == expected
+        assert scrape(daemon)["clipwatch_events_dropped_total"] > 0  # the burst did overflow the queue
+        assert daemon.saw("rescan_finished")  # and a rescan, not the 600 s timer, recovered it
+    finally:
+        assert daemon.stop() == 0

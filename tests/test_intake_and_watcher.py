@@ -124,3 +124,39 @@ def test_live_watcher_takes_a_file_moved_in_from_outside(live: Service, tmp_path
     inside = tmp_path / "watched" / "arrived.jpg"
     outside.rename(inside)
     wait_until(lambda: stored(live, inside), what="the row of the moved-in file")
+
+
+def test_hitting_the_inotify_limit_falls_back_to_polling(tmp_path: Path, make_config):
+    # The kernel's limit cannot be reached safely here (fs.inotify.max_user_watches is machine-wide), so
+    # the inotify observer is replaced by one that fails as the kernel does: OSError ENOSPC on start.
+    import errno
+
+    from watchdog.observers.inotify import InotifyObserver
+
+    from clipwatch.files import PathFilter
+    from clipwatch.watcher import Watcher
+
+    class ExhaustedInotify(InotifyObserver):
+        def start(self) -> None:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    class LimitedWatcher(Watcher):
+        def _make_observer(self, polling: bool):  # type: ignore[no-untyped-def]
+            observer = super()._make_observer(polling)
+            return observer if polling else ExhaustedInotify()
+
+    config = make_config(f"sqlite://{tmp_path}/s.sqlite3", watch__poll_interval_ms=50, watch__settle_ms=50)
+    metrics = Metrics()
+    intake = Intake(capacity=10, settle_s=0.05, metrics=metrics)
+    paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
+    watcher = LimitedWatcher(config.watch, intake, paths, metrics)
+    watcher.start()
+    try:
+        assert watcher.kind == "PollingObserver"
+        assert metrics.registry.get_sample_value("clipwatch_errors_total",
+                                                 {"stage": "watch", "reason": "inotify_limit"}) == 1
+        image = write_image(tmp_path / "watched" / "seen.jpg", seed=1)
+        wait_until(lambda: intake.settle_once() or not intake.queue.empty(), what="the polling observer's event")
+        assert intake.queue.get_nowait().path == str(image)
+    finally:
+        watcher.stop()

@@ -117,6 +117,11 @@ class MySQLStore(SQLStore):
         """)  # noqa: S608
 
     def create_aux_tables(self) -> None:
+        # Asked first: CREATE TABLE IF NOT EXISTS needs the CREATE privilege even when the table exists, and
+        # a daemon whose administrator ran `clipwatch db init` may have only SELECT/INSERT/UPDATE/DELETE.
+        if self._execute_plain("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                               "AND TABLE_NAME = %s", (self.table + "_deleted",)):
+            return
         self._execute_plain(f"""
             CREATE TABLE IF NOT EXISTS {self.deleted_table} (
                 id BIGINT UNSIGNED NOT NULL PRIMARY KEY,

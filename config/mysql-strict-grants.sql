@@ -1,0 +1,8 @@
+-- The strictest grants: the daemon may only read and write its own two tables, and create nothing.
+-- First create them as an administrator (clipwatch db init with an administrator's store.url or
+-- CLIPWATCH_STORE__URL), then run this as a MySQL administrator:
+--   mysql -u root -p < config/mysql-strict-grants.sql
+-- (for another store.table, replace `images` below). tests/test_cli.py runs this very file.
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'clipwatch'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON clipwatch.images TO 'clipwatch'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON clipwatch.images_deleted TO 'clipwatch'@'%';
