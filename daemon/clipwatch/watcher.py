@@ -130,18 +130,23 @@ class Watcher:
             self._schedule_all()
             self.observer.start()
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EMFILE) or self.config.polling:
+            if not _inotify_limit(exc) or self.kind == "PollingObserver":
                 raise
-            log.error("inotify_limit", error=str(exc), action="falling back to polling",
-                      fix="raise fs.inotify.max_user_watches / max_user_instances (sysctl), or set "
-                          "watch.polling = true")
-            self.metrics.errors.labels("watch", "inotify_limit").inc()
-            self.observer.stop()
-            self.observer = self._make_observer(polling=True)
-            self._watches.clear()
-            self._schedule_all()
-            self.observer.start()
+            self._fall_back_to_polling(exc)
         log.info("watching", roots=list(self.config.paths), observer=self.kind)
+
+    def _fall_back_to_polling(self, exc: OSError) -> None:
+        log.error("inotify_limit", error=str(exc), action="falling back to polling",
+                  fix="raise fs.inotify.max_user_watches / max_user_instances (sysctl), or set watch.polling = true")
+        self.metrics.errors.labels("watch", "inotify_limit").inc()
+        try:
+            self.observer.stop()
+        except RuntimeError:
+            pass  # never started
+        self.observer = self._make_observer(polling=True)
+        self._watches.clear()
+        self._schedule_all()
+        self.observer.start()
 
     def _schedule_all(self) -> None:
         for root in self.config.paths:
@@ -175,6 +180,9 @@ class Watcher:
             try:
                 self._schedule(root)
             except OSError as exc:
+                if _inotify_limit(exc) and self.kind != "PollingObserver":
+                    self._fall_back_to_polling(exc)  # watches every root again, polling
+                    return list(self.config.paths)
                 log.error("watch_failed", root=root, error=str(exc))
                 continue
             log.info("root_watched_again", root=root)
@@ -193,3 +201,8 @@ def _identity(directory: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _inotify_limit(exc: OSError) -> bool:
+    """ENOSPC: fs.inotify.max_user_watches reached; EMFILE: max_user_instances reached."""
+    return exc.errno in (errno.ENOSPC, errno.EMFILE)
