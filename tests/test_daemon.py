@@ -152,3 +152,34 @@ def test_search_is_answered_by_the_running_daemon_and_matches_a_local_search(
         assert bad.returncode == 1 and "vector: has 2 dimensions, the table holds 512" in bad.stderr
     finally:
         assert daemon.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_systemd_notify_messages_arrive_in_order(daemon_env: dict[str, str], tmp_path: Path):
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.settimeout(30)
+        daemon = Daemon({**daemon_env, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+        messages: list[str] = []
+
+        def receive_until(field: str) -> None:
+            while not any(m.startswith(field) for m in messages):
+                messages.extend(listener.recv(4096).decode().split("\n"))
+
+        try:
+            receive_until("READY=1")
+            receive_until("WATCHDOG=1")
+            while messages.count("WATCHDOG=1") < 3:  # pinged again and again from the worker's loop
+                messages.extend(listener.recv(4096).decode().split("\n"))
+        finally:
+            code = daemon.stop()
+        receive_until("STOPPING=1")
+    assert code == 0
+    order = [m.split("=")[0] for m in messages]
+    assert order.index("EXTEND_TIMEOUT_USEC") < order.index("READY") < order.index("WATCHDOG") < order.index("STOPPING")
+    ready_status = messages[order.index("READY") + 1]
+    assert ready_status.startswith("STATUS=watching 1 roots, ")
+    assert any(m.startswith("STATUS=loading the model") for m in messages[: order.index("READY")])

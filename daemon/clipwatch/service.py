@@ -28,6 +28,7 @@ from .index import VectorIndex
 from .intake import Intake
 from .logs import get_logger
 from .metrics import Metrics
+from .notify import Notifier
 from .references import References
 from .scanner import ScanCounts, reconcile
 from .search import query_vector, search_top
@@ -37,6 +38,7 @@ from .watcher import Watcher
 from .worker import Worker
 
 log = get_logger(__name__)
+START_STEP_S = 600.0  # EXTEND_TIMEOUT_USEC for each slow start-up step (model load, index load)
 HEALTH_TICK_S = 60.0  # the worker's loop ticks at least every 30 s, even while it waits for the store
 
 
@@ -48,6 +50,7 @@ class Service:
         self.embedder = embedder or Embedder(config.model.name, config.model.device, config.model.cache_dir)
         self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
         self.stop_event = threading.Event()
+        self.notifier = Notifier()
         self.store: Store | None = None
         self.worker: Worker | None = None
         self.index: VectorIndex | None = None
@@ -81,6 +84,8 @@ class Service:
             raise ConfigError("watch.paths: expected at least one directory to watch")
         self.store = open_store(self.config)
         self.metrics.store_up.set(1)
+        self.notifier.extend_timeout(START_STEP_S)  # a first model download can take minutes
+        self.notifier.status(f"loading the model {self.config.model.name}")
         if not self.embedder.dimension:
             self.embedder.load()
         if self.store.init_schema(self.embedder.dimension):
@@ -88,6 +93,8 @@ class Service:
                      dimension=self.embedder.dimension)
         self._warn_foreign_rows()
         started = time.monotonic()
+        self.notifier.extend_timeout(START_STEP_S)
+        self.notifier.status("loading the similarity index")
         self.index, since = load_index(self.store, self.embedder.identity, self.embedder.dimension)
         self.metrics.index_size.set(len(self.index))
         log.info("index_loaded", vectors=len(self.index), seconds=round(time.monotonic() - started, 2))
@@ -96,7 +103,7 @@ class Service:
         self.metrics.references.set(len(references))
         checker = Checker(self.config, self.index, references)
         self.worker = Worker(self.config, self.intake, self.store, self.embedder, self.paths, self.metrics,
-                             self.index, checker)
+                             self.index, checker, self.notifier)
         self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, since,
                               self.config.index.sync_interval_s, references, self.config.prohibited.refresh_interval_s,
                               self.metrics)
@@ -123,6 +130,7 @@ class Service:
             self._install_signal_handlers()
         self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
         self.watcher.start()  # watches first, so nothing changed during the scan is missed
+        self.notifier.ready(f"watching {len(self.config.watch.paths)} roots, {len(self.index or ()):,} images")
         threads = [
             threading.Thread(target=self.worker.run, args=(self.stop_event,), name="worker", daemon=True),
             threading.Thread(target=self.intake.run_settle_loop, name="settle", daemon=True),
@@ -133,6 +141,7 @@ class Service:
             t.start()
         log.info("running", roots=list(self.config.watch.paths), store=self.store.location() if self.store else "")
         self.stop_event.wait()
+        self.notifier.stopping()
         log.info("stopping", timeout_s=self.config.daemon.shutdown_timeout_s)
         self.watcher.stop()
         self.intake.close()

@@ -39,6 +39,7 @@ from .index import VectorIndex
 from .intake import Intake
 from .logs import get_logger
 from .metrics import Metrics
+from .notify import Notifier
 from .quarantine import quarantine_file
 from .store import Applied, Delete, DeleteTree, Op, Rename, Store, StoredFile, Touch, Upsert
 
@@ -85,9 +86,11 @@ class BatchPlan:
 
 class Worker:
     def __init__(self, config: Config, intake: Intake, store: Store, embedder: Embedder,
-                 paths: PathFilter, metrics: Metrics, index: VectorIndex, checker: Checker) -> None:
+                 paths: PathFilter, metrics: Metrics, index: VectorIndex, checker: Checker,
+                 notifier: Notifier | None = None) -> None:
         self.config, self.intake, self.store, self.embedder = config, intake, store, embedder
         self.changes = intake.queue
+        self.notifier = notifier or Notifier({})
         self.paths, self.metrics, self.index, self.checker = paths, metrics, index, checker
         self.batch_size = config.model.batch_size
         self.max_wait_s = config.model.max_wait_ms / 1000
@@ -109,7 +112,7 @@ class Worker:
         """Wait for a first change, then collect more until batch_size or max_wait_ms after the first."""
         batch: list[Change] = []
         while not batch:
-            self.last_tick = time.monotonic()
+            self.tick()
             if stop.is_set() or (inputs_done is not None and inputs_done.is_set() and self.changes.empty()):
                 return []
             try:
@@ -125,6 +128,13 @@ class Worker:
                 break
         self.metrics.queue_depth.set(self.changes.qsize())
         return batch
+
+    def tick(self) -> None:
+        """The loop is alive: for /healthz, and systemd's watchdog (pinged from this loop, never from a
+        thread of its own, so that a hung worker is restarted)."""
+        self.last_tick = time.monotonic()
+        self.notifier.heartbeat(f"watching {len(self.config.watch.paths)} roots, {len(self.index):,} images, "
+                                f"queue {self.changes.qsize()}")
 
     def _process_guarded(self, batch: list[Change], stop: threading.Event) -> None:
         """The worker never dies of one batch: an unexpected error drops the batch (logged and counted);
@@ -390,11 +400,13 @@ class Worker:
                 self.metrics.errors.labels("store", "store_error").inc()
                 delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
                 log.error("store_unavailable", error=str(exc), retry_in_s=delay, attempt=attempt + 1)
-                if stop is not None and stop.wait(delay):
-                    return None
-                if stop is None:
-                    time.sleep(delay)
-                self.last_tick = time.monotonic()
+                deadline = time.monotonic() + delay
+                while (remaining := deadline - time.monotonic()) > 0:
+                    self.tick()  # waiting for the store is not hanging: keep the watchdog fed
+                    if stop is not None and stop.wait(min(remaining, 1.0)):
+                        return None
+                    if stop is None:
+                        time.sleep(min(remaining, 1.0))
                 self.store.reconnect()
         return None
 
