@@ -3,7 +3,9 @@
 #   docker run -v /srv/uploads:/srv/uploads:ro -v clipwatch-models:/models -v clipwatch-data:/data \
 #     -e CLIPWATCH_WATCH__PATHS=/srv/uploads -e CLIPWATCH_STORE__URL=mysql://clipwatch@db:3306/clipwatch \
 #     -e CLIPWATCH_STORE__PASSWORD_FILE=/run/secrets/db-password clipwatch
-# TORCH_INDEX selects the torch build: the CPU wheels by default, e.g. .../whl/cu124 for CUDA.
+# TORCH_INDEX selects the torch build: the CPU wheels by default; for CUDA, e.g.
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t clipwatch:cuda .
+# and run it with --gpus all (model.device = auto then picks the GPU).
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
@@ -27,7 +29,10 @@ ENV PATH=/opt/clipwatch/bin:$PATH \
     CLIPWATCH_LOG__FORMAT=json
 VOLUME ["/models", "/data"]
 EXPOSE 9464
-USER clipwatch
+USER 10001
 STOPSIGNAL SIGTERM
+# The model loads in seconds from /models once cached; the first start downloads it.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 CMD ["clipwatch", "health"]
+# Exec form: clipwatch is PID 1 and gets SIGTERM itself (it finishes the batch in hand, then exits 0).
 ENTRYPOINT ["clipwatch"]
 CMD ["run"]

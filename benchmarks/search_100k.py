@@ -60,10 +60,10 @@ def measure(name: str, env: dict[str, str]) -> dict[str, float]:
     command = [sys.executable, "-m", "clipwatch.cli", "search", "--vector", json.dumps(query.tolist())]
     local = _median_run([*command, "--local"], env)
     daemon = subprocess.Popen([sys.executable, "-m", "clipwatch.cli", "run"], env={**os.environ, **env},
-                              stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True)
     try:
-        assert daemon.stderr is not None
-        for line in daemon.stderr:  # wait until the daemon has loaded its index and runs
+        assert daemon.stdout is not None
+        for line in daemon.stdout:  # wait until the daemon has loaded its index and runs
             if '"running"' in line:
                 break
         served = _median_run(command, env)

@@ -16,7 +16,6 @@ cache=${CLIPWATCH_CACHE:-$HOME/.cache/clipwatch}
 prefix=$cache/mysql9-prefix
 state=${CLIPWATCH_MYSQL_DIR:-$here/.mysql9}
 port=${CLIPWATCH_MYSQL_PORT:-}
-mirror=${CLIPWATCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 db=clipwatch_test
 
 log() { echo "mysql9: $*" >&2; }
@@ -31,26 +30,7 @@ provision() {
   [ -x "$prefix/usr/sbin/mysqld" ] && return 0
   command -v apt-get >/dev/null || { log "apt-get is needed to fetch Debian sid's mysql-server-core"; exit 1; }
   log "fetching Debian sid's MySQL 9 into $prefix (once; cached)"
-  local apt=$cache/sid-apt work
-  work=$(mktemp -d)
-  mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$cache"
-  echo "deb [trusted=yes] $mirror sid main" >"$apt/sources.list"
-  local opts=(-o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=/dev/null
-    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache::archives=$apt/archives"
-    -o "Dir::Cache::pkgcache=$apt/pkgcache.bin" -o "Dir::Cache::srcpkgcache=$apt/srcpkgcache.bin"
-    -o Acquire::Languages=none -o APT::Architecture=amd64 -o APT::Architectures=amd64
-    -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
-  apt-get "${opts[@]}" -qq update >&2
-  # The package closure, computed each time: sid moves, so no .deb file name is pinned.
-  local pkgs
-  pkgs=$(apt-cache "${opts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
-    --no-breaks --no-replaces --no-enhances mysql-server-core mysql-client-core \
-    | grep -v '^ ' | grep -v '^<' | grep -vE '^(perl|libperl|perl-|debconf|dpkg|install-info)' | sort -u)
-  (cd "$work" && apt-get "${opts[@]}" -qq download $pkgs >&2)
-  mkdir -p "$prefix.tmp"
-  for deb in "$work"/*.deb; do dpkg -x "$deb" "$prefix.tmp"; done
-  rm -rf "$work" "$prefix"
-  mv "$prefix.tmp" "$prefix"
+  "$here/scripts/fetch-deb.sh" --closure sid "$prefix" mysql-server-core mysql-client-core
   [ -x "$prefix/usr/sbin/mysqld" ] || { log "mysqld missing after unpacking"; exit 1; }
 }
 

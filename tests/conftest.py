@@ -152,16 +152,17 @@ class Daemon:
     """A running `clipwatch run` whose JSON log lines are collected as they arrive."""
 
     def __init__(self, env: dict[str, str]) -> None:
+        # The daemon logs to stdout; errors before logging starts go to stderr: both are read.
         self.proc = subprocess.Popen(clipwatch_command("run"), env={**os.environ, **env}, text=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.events: list[dict[str, object]] = []
         self.raw: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
             self.raw.append(line)
             try:
                 self.events.append(json.loads(line))
@@ -178,8 +179,8 @@ class Daemon:
         self.proc.kill()
         self.proc.wait(10)
         self._reader.join(5)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -188,8 +189,8 @@ class Daemon:
         finally:
             self.proc.kill()  # no-op once it has exited; a hung daemon must not outlive the test
             self._reader.join(5)
-            assert self.proc.stderr is not None
-            self.proc.stderr.close()
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
 
 
 @pytest.fixture

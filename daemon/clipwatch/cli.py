@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        configure_logging(config.log.format, config.log.level)
+        configure_logging(config.log.format, config.log.level, sys.stdout if args.command == "run" else sys.stderr)
         if args.command == "run":
             return cmd_run(config)
         if args.command == "scan":

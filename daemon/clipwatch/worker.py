@@ -80,6 +80,7 @@ class Item:
 @dataclass
 class BatchPlan:
     ops: list[Op | Item] = field(default_factory=list)
+    committed: bool = False
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("embedded", "unchanged", "moved", "deleted", "failed", "rejected"), 0))
 
@@ -149,6 +150,18 @@ class Worker:
 
     def process(self, batch: list[Change], stop: threading.Event | None = None) -> BatchPlan:
         self.metrics.batch_size.observe(len(batch))
+        self.metrics.in_flight.set(len(batch))
+        try:
+            plan = self._process(batch, stop)
+        finally:
+            self.metrics.in_flight.set(0)
+        if plan.committed:
+            now = time.monotonic()
+            for change in batch:
+                self.metrics.latency.observe(now - change.seen_at)
+        return plan
+
+    def _process(self, batch: list[Change], stop: threading.Event | None) -> BatchPlan:
         involved = [p for c in batch for p in (c.path, c.dest) if p and _storable(p)]
         known_rows = self._with_retry(lambda: self.store.get_many(involved), stop)
         if known_rows is None:
@@ -171,6 +184,7 @@ class Worker:
             applied = self._with_retry(lambda: self.store.apply(ops), stop)
         if applied is None:
             return BatchPlan()
+        plan.committed = True
         self._follow_in_index(plan, applied)
         self.metrics.last_commit.set_to_current_time()
         for result, n in plan.counts.items():
