@@ -46,7 +46,7 @@ def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
-    system = Path("/usr/lib/systemd/system") if Path("/usr/lib/systemd/system").is_dir() else Path("/lib/systemd/system")
+    system = next(p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir())
     shutil.copytree(system, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
     return root
 
