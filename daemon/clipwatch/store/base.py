@@ -140,7 +140,7 @@ class Store(ABC):
 
     @abstractmethod
     def find_by_sha256(self, sha256: str) -> list[StoredFile]:
-        """Rows of this instance whose file has exactly these bytes."""
+        """Rows of every instance whose file has exactly these bytes, oldest first, with their instance."""
 
     @abstractmethod
     def iter_files(self, directory: str) -> Iterator[StoredFile]:
@@ -248,14 +248,19 @@ class SQLStore(Store):
 
     def get_many(self, paths: Sequence[str]) -> dict[str, StoredFile]:
         found: dict[str, StoredFile] = {}
-        unique = list(dict.fromkeys(paths))
-        for i in range(0, len(unique), 500):
-            chunk = unique[i:i + 500]
-            match = " OR ".join(f"({self.PATH_MATCH})" for _ in chunk)
+        for where, params in self._where_paths(paths):
             rows = self._fetch(f"SELECT id, path, sha256, size, mtime, model, status FROM {self.t} "  # noqa: S608
-                               f"WHERE instance = {self.PARAM} AND ({match})", [self.instance, *chunk])
+                               f"WHERE {where}", params)
             found.update((r[1], StoredFile(*r)) for r in rows)
         return found
+
+    def _where_paths(self, paths: Sequence[str], chunk: int = 500) -> Iterator[tuple[str, list[Any]]]:
+        """WHERE clauses (and their parameters) for this instance's rows of `paths`, `chunk` paths each."""
+        unique = list(dict.fromkeys(paths))
+        for i in range(0, len(unique), chunk):
+            part = unique[i:i + chunk]
+            match = " OR ".join(f"({self.PATH_MATCH})" for _ in part)
+            yield f"instance = {self.PARAM} AND ({match})", [self.instance, *part]
 
     def find_by_sha256(self, sha256: str) -> list[StoredFile]:
         rows = self._fetch(f"SELECT id, path, sha256, size, mtime, model, status, instance FROM {self.t} "  # noqa: S608
@@ -367,11 +372,8 @@ class SQLStore(Store):
 
     def _ids_of(self, cur: Any, paths: list[str]) -> dict[str, int]:
         found: dict[str, int] = {}
-        for i in range(0, len(paths), 500):
-            chunk = paths[i:i + 500]
-            match = " OR ".join(f"({self.PATH_MATCH})" for _ in chunk)
-            cur.execute(f"SELECT path, id FROM {self.t} WHERE instance = {self.PARAM} AND ({match})",  # noqa: S608
-                        (self.instance, *chunk))
+        for where, params in self._where_paths(paths):
+            cur.execute(f"SELECT path, id FROM {self.t} WHERE {where}", tuple(params))  # noqa: S608
             found.update(cur.fetchall())
         return found
 
@@ -430,8 +432,7 @@ def _vectors(blobs: Sequence[Any]) -> np.ndarray:
     """Stored vectors (bytes, or array('f') from MySQL's VECTOR) as one (n, dim) float32 matrix."""
     if not blobs:
         return np.zeros((0, 0), dtype=np.float32)
-    data = b"".join(b if isinstance(b, bytes) else bytes(b) if not hasattr(b, "tobytes") else b.tobytes()
-                    for b in blobs)
+    data = b"".join(blobs)  # each is a buffer of little-endian float32s
     return np.frombuffer(data, dtype="<f4").reshape(len(blobs), -1).astype(np.float32)
 
 
