@@ -13,8 +13,10 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .config import Config
 from .embedder import Embedder
@@ -74,26 +76,39 @@ class References:
             if signature == self._signature:
                 return False
             cache = self._read_cache()
-            labels, vectors, fresh = [], [], {}
+            entries: list[list[Any]] = []  # [label, sha256, vector]; vectors of new images come in batches
+            pending: list[tuple[list[Any], Image.Image]] = []
             for path, _, _ in files:
                 try:
                     data = read_file(str(path), self.config.watch.max_file_bytes)
                     vector = cache.get(data.sha256)
-                    if vector is None:
-                        image = decode_image(data.data, self.config.model.max_image_pixels)
-                        vector = self.embedder.embed_images([image])[0]
+                    image = None if vector is not None else decode_image(data.data,
+                                                                         self.config.model.max_image_pixels)
                 except FileRejected as exc:
                     log.warning("reference_rejected", path=str(path), reason=exc.reason, error=str(exc))
                     continue
-                fresh[data.sha256] = vector
-                labels.append(_label(Path(self.directory), path))
-                vectors.append(vector)
+                entries.append([_label(Path(self.directory), path), data.sha256, vector])
+                if image is not None:
+                    pending.append((entries[-1], image))
+                if len(pending) == self.config.model.batch_size:
+                    self._embed(pending)
+            self._embed(pending)
+            labels = [label for label, _, _ in entries]
+            vectors = [vector for _, _, vector in entries]
+            fresh = {sha: vector for _, sha, vector in entries}
             matrix = np.stack(vectors) if vectors else np.zeros((0, 1), np.float32)
             self._images = _Set(tuple(labels), matrix, self._images.threshold)
             self._signature = signature
             self._write_cache(fresh)
         log.info("references_loaded", images=len(labels), prompts=len(self._texts.labels), directory=self.directory)
         return True
+
+    def _embed(self, pending: list[tuple[list[Any], Image.Image]]) -> None:
+        """One forward pass for the new reference images collected so far."""
+        if pending:
+            for (entry, _), vector in zip(pending, self.embedder.embed_images([i for _, i in pending]), strict=True):
+                entry[2] = vector
+            pending.clear()
 
     def match(self, vector: np.ndarray) -> ReferenceMatch | None:
         """The reference `vector` is closest to among those above their threshold; the largest margin over
