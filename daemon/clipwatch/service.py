@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -55,6 +56,7 @@ class Service:
         self.worker: Worker | None = None
         self.index: VectorIndex | None = None
         self.sync: IndexSync | None = None
+        self._sync_from = datetime.min
         self.scan_counts = ScanCounts()
         self.watcher: Watcher | None = None
         self._http: HTTPServer | None = None
@@ -104,9 +106,7 @@ class Service:
         checker = Checker(self.config, self.index, references)
         self.worker = Worker(self.config, self.intake, self.store, self.embedder, self.paths, self.metrics,
                              self.index, checker, self.notifier)
-        self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, since,
-                              self.config.index.sync_interval_s, references, self.config.prohibited.refresh_interval_s,
-                              self.metrics)
+        self._sync_from = since  # where IndexSync starts, in run()
         address = metrics_address(self.config)
         if address and watching:
             self._api_store = open_store(self.config)
@@ -125,7 +125,11 @@ class Service:
     def run(self, handle_signals: bool = True) -> int:
         """The daemon: watch, scan, process until SIGTERM/SIGINT (or `stop_event`), rescanning every
         watch.rescan_interval_s; then stop gracefully. Returns 0."""
-        assert self.worker is not None and self.sync is not None
+        assert self.worker is not None and self.index is not None
+        # Only the daemon follows other instances: its own connection, opened here (not for scan or import).
+        self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, self._sync_from,
+                              self.config.index.sync_interval_s, self.worker.checker.references,
+                              self.config.prohibited.refresh_interval_s, self.metrics)
         if handle_signals:
             self._install_signal_handlers()
         self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
