@@ -183,3 +183,10 @@ def test_systemd_notify_messages_arrive_in_order(daemon_env: dict[str, str], tmp
     ready_status = messages[order.index("READY") + 1]
     assert ready_status.startswith("STATUS=watching 1 roots, ")
     assert any(m.startswith("STATUS=loading the model") for m in messages[: order.index("READY")])
+
+
+def test_a_signal_during_start_up_is_a_clean_stop(daemon_env: dict[str, str]):
+    daemon = Daemon(daemon_env)
+    wait_until(lambda: daemon.saw("model_loaded"), timeout=60, what="the model to load")  # still starting
+    assert daemon.stop() == 0
+    assert daemon.saw("stopped")

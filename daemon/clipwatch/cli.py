@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(config: Config) -> int:
     from .service import Service
 
-    return Service.opened(config).run()
+    return Service.opened(config, handle_signals=True).run()
 
 
 def cmd_scan(config: Config) -> int:

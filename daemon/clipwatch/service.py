@@ -66,9 +66,12 @@ class Service:
     # --- start-up ---------------------------------------------------------------------------------
 
     @classmethod
-    def opened(cls, config: Config, watching: bool = True) -> Service:
-        """A service with its store connected and model loaded; nothing left open if that fails."""
+    def opened(cls, config: Config, watching: bool = True, handle_signals: bool = False) -> Service:
+        """A service with its store connected and model loaded; nothing left open if that fails.
+        `handle_signals`: SIGTERM/SIGINT during start-up already mean a clean stop (exit 0 once started)."""
         service = cls(config)
+        if handle_signals:
+            service._install_signal_handlers()
         try:
             service.open(watching)
         except BaseException:
@@ -130,7 +133,7 @@ class Service:
         self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, self._sync_from,
                               self.config.index.sync_interval_s, self.worker.checker.references,
                               self.config.prohibited.refresh_interval_s, self.metrics)
-        if handle_signals:
+        if handle_signals and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._install_signal_handlers()
         self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
         self.watcher.start()  # watches first, so nothing changed during the scan is missed
