@@ -44,9 +44,12 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0, interval:
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 48), fmt: str | None = None) -> Path:
-    """A random-noise image (distinct per seed), written atomically enough for tests."""
+    """A random image (distinct per seed) of smooth blobs, like a photo's: pixel noise would make the
+    JPEG decoder's DCT downscale (the fast preprocessing) and a plain resize disagree more than on any
+    real picture."""
     rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, format=fmt or "JPEG")
+    blobs = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8))
+    blobs.resize(size, Image.Resampling.BICUBIC).save(path, format=fmt or "JPEG")
     return path
 
 

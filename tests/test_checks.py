@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from clipwatch.changes import Change
-from clipwatch.checker import Checker
+from clipwatch.checker import Checker, Verdict
 from clipwatch.config import Config
 from clipwatch.embedder import Embedder
 from clipwatch.index import VectorIndex
@@ -183,6 +183,10 @@ def _boundary_checker(embedder: Embedder, config: Config, stored: np.ndarray, pr
     return Checker(config, index, refs)
 
 
+def _judge(checker: Checker, query: np.ndarray) -> Verdict:
+    return checker.judge(query, checker.nearest_many(query[None])[0], [])
+
+
 def test_thresholds_are_inclusive_exactly_at_the_boundary(make_config, embedder: Embedder, tmp_path: Path):
     rng = np.random.default_rng(0)
     stored, query = (v / np.linalg.norm(v) for v in rng.standard_normal((2, 512)).astype(np.float32))
@@ -192,17 +196,17 @@ def test_thresholds_are_inclusive_exactly_at_the_boundary(make_config, embedder:
     url = f"sqlite://{tmp_path}/b.sqlite3"
     at = make_config(url, duplicates__threshold=dup_score, prohibited__prompts=f'["{prompt}"]',
                      prohibited__text_threshold=text_score)
-    judged = _boundary_checker(embedder, at, stored, text_score).judge(query, [])
+    judged = _judge(_boundary_checker(embedder, at, stored, text_score), query)
     assert (judged.status, judged.label, judged.score) == ("prohibited", prompt, text_score)
     just_above = float(np.nextafter(np.float32(text_score), np.float32(2)))
     above = make_config(url, duplicates__threshold=dup_score, prohibited__prompts=f'["{prompt}"]',
                         prohibited__text_threshold=just_above)
-    judged = _boundary_checker(embedder, above, stored, just_above).judge(query, [])
+    judged = _judge(_boundary_checker(embedder, above, stored, just_above), query)
     assert (judged.status, judged.match_id, judged.score) == ("duplicate", 1, dup_score)
     dup_above = float(np.nextafter(np.float32(dup_score), np.float32(2)))
     none = make_config(url, duplicates__threshold=dup_above, prohibited__prompts=f'["{prompt}"]',
                        prohibited__text_threshold=just_above)
-    assert _boundary_checker(embedder, none, stored, just_above).judge(query, []).status == "ok"
+    assert _judge(_boundary_checker(embedder, none, stored, just_above), query).status == "ok"
 
 
 def test_the_index_sync_sees_other_instances_rows_and_deletions(store_url: str, make_config, table: str):

@@ -16,7 +16,9 @@ from .metrics import Metrics
 from .scanner import ScanCounts
 
 if TYPE_CHECKING:
-    from PIL import Image
+    import numpy as np
+
+    from .embedder import Embedder
 
 log = get_logger("clipwatch")
 
@@ -252,7 +254,7 @@ def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, A
     from .sync import load_index
 
     def embedder() -> Embedder:
-        model = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        model = Embedder.from_config(config.model)
         model.load()
         return model
 
@@ -270,11 +272,12 @@ def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, A
     return [{"id": i, "path": paths.get(i), "similarity": round(s, 6)} for i, s in hits]
 
 
-def _open_image(config: Config, path: str) -> Image.Image:
+def _embed_file(config: Config, embedder: Embedder, path: str) -> np.ndarray:
+    """A file's vector, prepared exactly as the worker prepares it."""
     from .files import read_file
-    from .imaging import decode_image
 
-    return decode_image(read_file(path, config.watch.max_file_bytes).data, config.model.max_image_pixels)
+    data = read_file(path, config.watch.max_file_bytes).data
+    return embedder.embed_images([embedder.prepare(data, config.model.max_image_pixels)])[0]
 
 
 def cmd_compare(config: Config, a: str, b: str, metric: str) -> int:
@@ -283,9 +286,9 @@ def cmd_compare(config: Config, a: str, b: str, metric: str) -> int:
 
     vectors = [read_vector_argument(a, "A"), read_vector_argument(b, "B")]
     if any(v is None for v in vectors):
-        embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        embedder = Embedder.from_config(config.model)
         embedder.load()
-        vectors = [v if v is not None else embedder.embed_images([_open_image(config, arg)])[0]
+        vectors = [v if v is not None else _embed_file(config, embedder, arg)
                    for v, arg in zip(vectors, (a, b), strict=True)]
     print(f"{compare(vectors[0], vectors[1], metric):.6f}")  # type: ignore[arg-type]
     return 0
@@ -310,7 +313,7 @@ def cmd_db_init(config: Config, dimension: int | None) -> int:
     from .store import open_store
 
     if dimension is None:
-        embedder = Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        embedder = Embedder.from_config(config.model)
         embedder.load()
         dimension = embedder.dimension
     if dimension < 1:

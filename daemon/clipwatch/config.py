@@ -52,6 +52,8 @@ class ModelConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 32
     max_wait_ms: int = 200
+    threads: int = 0
+    decode_workers: int = 0
     cache_dir: str = ""
     max_image_pixels: int = 64_000_000
 
@@ -312,6 +314,8 @@ def _validate(config: Config) -> Config:
     _positive("watch.max_file_bytes", w.max_file_bytes, minimum=1)
     _positive("model.batch_size", m.batch_size, minimum=1)
     _positive("model.max_wait_ms", m.max_wait_ms, minimum=0)
+    _positive("model.threads", m.threads, minimum=0)
+    _positive("model.decode_workers", m.decode_workers, minimum=0)
     _positive("model.max_image_pixels", m.max_image_pixels, minimum=1)
     _positive("store.connect_timeout_s", s.connect_timeout_s, minimum=1)
     if d.shutdown_timeout_s <= 0:

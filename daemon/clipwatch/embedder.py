@@ -1,21 +1,30 @@
-"""The CLIP model behind one small class: `load()` once, then `embed_images()` / `embed_texts()`.
+"""The CLIP model behind one small class: `load()` once, then `prepare()` (bytes to pixels, any thread)
+and `embed_images()` / `embed_texts()` (one forward pass per call).
 
-Nothing else in clipwatch knows the model is torch and sentence-transformers.
+Nothing else in clipwatch knows the model is torch and sentence-transformers. Images take the fast path
+when the model's image processor is one `imaging.Preprocessing` reproduces (CLIP's is): our pixels go
+straight into the model's own `forward`, skipping the library's per-image preprocessing. Otherwise images
+go through `SentenceTransformer.encode` as PIL images.
+
+On CUDA a batch is copied from pinned memory and run under fp16 autocast. That path cannot run on the
+machines this project is built on (no GPU): it is kept small, and `cuda` without a GPU falls back to CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
 
 from .errors import ModelLoadError
+from .imaging import Preprocessing, decode_image
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -52,24 +61,49 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+# What `prepare` returns: model-ready pixels (fast path) or a decoded RGB image (library path).
+Prepared: TypeAlias = "np.ndarray | Image.Image"
+PARITY_MIN = 0.99  # the fast path is used only if it agrees with the library on a probe image
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class Embedder:
     """A sentence-transformers CLIP model. Vectors are L2-normalised float32, so dot product = cosine."""
 
-    def __init__(self, name: str, device: str = "auto", cache_dir: str = "") -> None:
+    def __init__(self, name: str, device: str = "auto", cache_dir: str = "", threads: int = 0,
+                 fast_preprocessing: bool = True) -> None:
         self.name = name
         self.identity = model_identity(name)
         self.device_setting = device
         self.cache_dir = cache_dir
+        self.threads = threads  # torch intra-op threads; 0: one per CPU core available to this process
         self.device = ""
         self.dimension = 0
+        self.preprocessing: Preprocessing | None = None  # set by load() when the fast path applies
+        self._fast_wanted = fast_preprocessing
+        self._features: dict[str, Any] = {}  # what the model's preprocess() gives for one image, minus pixels
         self._model: Any = None  # a SentenceTransformer, once loaded
         self._lock = threading.Lock()  # the worker, the reference refresh and searches share one model
 
+    @classmethod
+    def from_config(cls, model: Any) -> Embedder:
+        """From the `[model]` section (a config.ModelConfig)."""
+        return cls(model.name, model.device, model.cache_dir, threads=model.threads)
+
     def load(self) -> None:
         """Load the model and probe it with one image. Raises ModelLoadError with a message for the user."""
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.device = resolve_device(self.device_setting)
+        if self.device == "cpu":
+            torch.set_num_threads(self.threads or cpu_count())
         options: dict[str, Any] = dict(device=self.device, cache_folder=self.cache_dir or None)
         if self.name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(self.name)):
             raise ModelLoadError(f"model.name = {self.name!r} could not be loaded: there is no such directory. "
@@ -93,7 +127,42 @@ class Embedder:
             raise ModelLoadError(f"model.name = {self.name!r} loaded but cannot embed images "
                                  f"({type(exc).__name__}: {_first_line(exc)}); is it a CLIP model?") from None
         self.dimension = int(probe.shape[1])
-        log.info("model_loaded", model=self.name, device=self.device, dimension=self.dimension)
+        if self._fast_wanted:
+            self.preprocessing = self._fast_path()
+        log.info("model_loaded", model=self.name, device=self.device, dimension=self.dimension,
+                 threads=torch.get_num_threads(), fast_preprocessing=self.preprocessing is not None)
+
+    def _fast_path(self) -> Preprocessing | None:
+        """Our preprocessing, if the model's image processor is one it reproduces and the model's forward
+        takes our pixels: checked on a probe image against the library's own path."""
+        processor = next((getattr(getattr(m, "processor", None), "image_processor", None)
+                          for m in self._model.children() if hasattr(m, "processor")), None)
+        prep = Preprocessing.from_processor(processor) if processor is not None else None
+        if prep is None or not hasattr(self._model, "preprocess"):
+            log.info("fast_preprocessing_unavailable", reason="the model's image processor is not CLIP's")
+            return None
+        probe = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+        try:
+            features = dict(self._model.preprocess([probe]))
+            features.pop("pixel_values")
+            self._features = features
+            reference = self._encode([probe])[0]
+            fast = self._forward_pixels(prep.pixels(probe)[None])[0]
+        except Exception as exc:
+            log.info("fast_preprocessing_unavailable", reason=f"{type(exc).__name__}: {_first_line(exc)}")
+            return None
+        agreement = float(reference @ fast)
+        if agreement < PARITY_MIN:
+            log.warning("fast_preprocessing_unavailable", reason="disagrees with the library", cosine=agreement)
+            return None
+        return prep
+
+    def prepare(self, data: bytes, max_pixels: int) -> Prepared:
+        """A file's bytes to what `embed_images` takes (thread-safe; runs in the decode threads).
+        Raises FileRejected for files that are not images, broken, or too large."""
+        if self.preprocessing is not None:
+            return self.preprocessing.prepare(data, max_pixels)
+        return decode_image(data, max_pixels)
 
     def _load_from_hub(self, loader: Any, options: dict[str, Any]) -> Any:
         """The cached copy if there is one; else download, after checking that the hub answers at all
@@ -113,9 +182,32 @@ class Embedder:
                                  f"model hub {endpoint.hostname} cannot be reached ({exc}). " + HOW_TO_FIX) from None
         return loader(self.name, **options)
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """One forward pass for the whole list; returns an (n, dimension) float32 array of unit vectors."""
-        return self._encode(list(images))
+    def embed_images(self, images: Sequence[Prepared]) -> np.ndarray:
+        """One forward pass for the whole list (PIL images, or arrays from `prepare`); returns an
+        (n, dimension) float32 array of unit vectors."""
+        if self.preprocessing is None:
+            return self._encode([i if isinstance(i, Image.Image) else _unexpected(i) for i in images])
+        if not images:
+            return np.zeros((0, self.dimension), np.float32)
+        prep = self.preprocessing
+        return self._forward_pixels(np.stack([prep.pixels(i) if isinstance(i, Image.Image) else i for i in images]))
+
+    def _forward_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """The model's own forward on an (n, 3, H, W) float32 batch of preprocessed pixels."""
+        import torch
+
+        pixels = torch.from_numpy(batch)
+        autocast: Any = contextlib.nullcontext()
+        if self.device.startswith("cuda"):  # untested here (no GPU): see docs/benchmarks.md
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            autocast = torch.autocast("cuda", dtype=torch.float16)
+        features = {k: (v * len(batch) if isinstance(v, list) and len(v) == 1 else v)
+                    for k, v in self._features.items()}
+        features["pixel_values"] = pixels
+        with self._lock, torch.inference_mode(), autocast:
+            out = self._model.forward(features)["sentence_embedding"]
+            out = torch.nn.functional.normalize(out.float(), dim=-1)
+        return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(list(texts))
@@ -125,10 +217,17 @@ class Embedder:
 
         if self._model is None:
             raise RuntimeError("Embedder.load() was not called")
-        with self._lock, torch.inference_mode():
+        autocast: Any = contextlib.nullcontext()
+        if self.device.startswith("cuda"):
+            autocast = torch.autocast("cuda", dtype=torch.float16)
+        with self._lock, torch.inference_mode(), autocast:
             vectors = self._model.encode(items, batch_size=max(len(items), 1), convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _unexpected(item: object) -> Image.Image:
+    raise TypeError(f"expected a PIL image, got {type(item).__name__} (the fast preprocessing is off)")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,8 +1,11 @@
 """The in-process similarity index: every stored vector of the configured model, searched exactly.
 
 MySQL 9 Community has no vector distance function and no vector index, so similarity is computed
-here: one contiguous float32 matrix of unit vectors (grown by doubling), searched with a matrix
-product. Vectors are L2-normalised, so a dot product is the cosine similarity.
+here: one contiguous float32 matrix of unit vectors, searched with matrix products. Vectors are
+L2-normalised, so a dot product is the cosine similarity. A batch of queries (the worker checks a whole
+batch at once) is one matrix-matrix product, walked over the stored rows in blocks so that the scores
+never need more than a few MB. The matrix grows by GROWTH (not doubling) and `reserve` sizes it exactly
+at load, so memory stays close to the raw vector bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import threading
 from collections.abc import Iterable
 
 import numpy as np
+
+GROWTH = 1.2
+BLOCK_ROWS = 65_536  # stored rows scored per step of a batched search
 
 
 class VectorIndex:
@@ -29,20 +35,33 @@ class VectorIndex:
     def __contains__(self, row_id: int) -> bool:
         return row_id in self._row_of
 
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` rows at once (at load, when the row count is known)."""
+        with self._lock:
+            if capacity > len(self._ids):
+                self._resize(capacity)
+
+    def nbytes(self) -> int:
+        """Memory held by the matrix and the id array (not the id map)."""
+        return int(self._vectors.nbytes + self._ids.nbytes)
+
     def upsert(self, ids: Iterable[int], vectors: np.ndarray) -> None:
         """Add rows, or replace the vectors of rows already present."""
-        ids = list(ids)
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dimension)
+        id_array = np.fromiter(ids, dtype=np.int64)
+        keys: list[int] = id_array.tolist()  # plain ints: the smallest dict keys
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(keys), self.dimension)
         with self._lock:
-            for row_id, vector in zip(ids, vectors, strict=True):
-                row = self._row_of.get(row_id)
+            if len(self._row_of) + len(keys) > len(self._ids):
+                self._resize(max(int(len(self._ids) * GROWTH), len(self._row_of) + len(keys), 1024))
+            rows = np.empty(len(keys), dtype=np.int64)
+            row_of = self._row_of
+            for j, row_id in enumerate(keys):
+                row = row_of.get(row_id)
                 if row is None:
-                    row = len(self._row_of)
-                    if row == len(self._ids):
-                        self._grow()
-                    self._row_of[row_id] = row
-                    self._ids[row] = row_id
-                self._vectors[row] = vector
+                    row = row_of[row_id] = len(row_of)
+                rows[j] = row
+            self._ids[rows] = id_array
+            self._vectors[rows] = vectors
 
     def remove(self, ids: Iterable[int]) -> None:
         with self._lock:
@@ -63,28 +82,49 @@ class VectorIndex:
 
     def search(self, query: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
         """The k stored rows most similar to `query` (a unit vector), best first: (id, cosine)."""
-        query = np.asarray(query, dtype=np.float32).reshape(self.dimension)
+        return self.search_many(np.asarray(query, dtype=np.float32).reshape(1, self.dimension), k)[0]
+
+    def search_many(self, queries: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
+        """`search` for each row of `queries` (m, dimension), in one pass over the stored vectors."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dimension)
+        m = len(queries)
         with self._lock:
             n = len(self._row_of)
-            if n == 0 or k <= 0:
-                return []
-            scores = self._vectors[:n] @ query
-            ids = self._ids[:n].copy()
-        if k < n:
-            top = np.argpartition(-scores, k - 1)[:k]
-            top = top[np.argsort(-scores[top], kind="stable")]
-        else:
-            top = np.argsort(-scores, kind="stable")
-        return [(int(ids[i]), float(scores[i])) for i in top]
+            if n == 0 or k <= 0 or m == 0:
+                return [[] for _ in range(m)]
+            k = min(k, n)
+            best_scores = np.full((m, 0), -np.inf, dtype=np.float32)
+            best_rows = np.zeros((m, 0), dtype=np.int64)
+            for start in range(0, n, BLOCK_ROWS):
+                block = self._vectors[start:min(start + BLOCK_ROWS, n)]
+                scores = queries @ block.T  # (m, rows in block)
+                if k < scores.shape[1]:
+                    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                else:
+                    top = np.broadcast_to(np.arange(scores.shape[1]), (m, scores.shape[1]))
+                best_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
+                best_rows = np.concatenate([best_rows, top + start], axis=1)
+                if best_scores.shape[1] > k:
+                    keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+                    best_scores = np.take_along_axis(best_scores, keep, 1)
+                    best_rows = np.take_along_axis(best_rows, keep, 1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            best_scores = np.take_along_axis(best_scores, order, 1)
+            best_ids = self._ids[np.take_along_axis(best_rows, order, 1)]
+        return [[(int(i), float(sc)) for i, sc in zip(ids, scores, strict=True)]
+                for ids, scores in zip(best_ids, best_scores, strict=True)]
 
     def nearest(self, query: np.ndarray) -> tuple[int, float] | None:
         best = self.search(query, 1)
         return best[0] if best else None
 
-    def _grow(self) -> None:
-        capacity = max(2 * len(self._ids), 1024)
+    def nearest_many(self, queries: np.ndarray) -> list[tuple[int, float] | None]:
+        return [hits[0] if hits else None for hits in self.search_many(queries, 1)]
+
+    def _resize(self, capacity: int) -> None:
         vectors = np.zeros((capacity, self.dimension), dtype=np.float32)
-        vectors[: len(self._ids)] = self._vectors
+        n = len(self._row_of)
+        vectors[:n] = self._vectors[:n]
         ids = np.zeros(capacity, dtype=np.int64)
-        ids[: len(self._ids)] = self._ids
+        ids[:n] = self._ids[:n]
         self._vectors, self._ids = vectors, ids

@@ -22,6 +22,7 @@ ERROR_STAGES = {"read": ("not_found", "not_a_file", "empty", "too_large", "unrea
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FILL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 class Metrics:
@@ -45,13 +46,23 @@ class Metrics:
         self.queue_capacity = Gauge("clipwatch_queue_capacity", "Size of the bounded queue", registry=r)
         self.batch_size = Histogram("clipwatch_batch_size", "Files per batch taken by the worker",
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.batch_fill = Histogram("clipwatch_batch_fill_ratio", "Files per batch over model.batch_size",
+                                    buckets=FILL_BUCKETS, registry=r)
+        self.queue_wait = Histogram("clipwatch_queue_wait_seconds",
+                                    "From a change being queued to the worker taking it into a batch",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.pixel_wait = Counter("clipwatch_model_waiting_for_pixels_seconds_total",
+                                  "Time the model thread waited for a batch's files to be read and decoded "
+                                  "(high while files are queued: raise model.decode_workers)", registry=r)
         self.in_flight = Gauge("clipwatch_batch_in_flight", "Changes in the batch the worker is processing now",
                                registry=r)
         self.latency = Histogram("clipwatch_ingest_latency_seconds",
                                  "From a file's change being seen to its row being committed",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.model_calls = Counter("clipwatch_model_calls_total", "Forward passes of the image model", registry=r)
-        self.stage_seconds = Histogram("clipwatch_stage_duration_seconds", "Time spent per batch in each stage",
+        self.stage_seconds = Histogram("clipwatch_stage_duration_seconds",
+                                       "Time spent per batch in each stage (read and decode: summed over the "
+                                       "decode threads)",
                                        ["stage"], buckets=SECONDS_BUCKETS, registry=r)
         self.last_commit = Gauge("clipwatch_last_commit_timestamp_seconds",
                                  "Unix time of the last committed batch", registry=r)

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .config import Config
-from .embedder import Embedder
+from .embedder import Embedder, Prepared
 from .errors import FileRejected
 from .files import PathFilter, read_file
-from .imaging import decode_image
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -77,13 +75,13 @@ class References:
                 return False
             cache = self._read_cache()
             entries: list[list[Any]] = []  # [label, sha256, vector]; vectors of new images come in batches
-            pending: list[tuple[list[Any], Image.Image]] = []
+            pending: list[tuple[list[Any], Prepared]] = []
             for path, _, _ in files:
                 try:
                     data = read_file(str(path), self.config.watch.max_file_bytes)
                     vector = cache.get(data.sha256)
-                    image = None if vector is not None else decode_image(data.data,
-                                                                         self.config.model.max_image_pixels)
+                    image = None if vector is not None else self.embedder.prepare(
+                        data.data, self.config.model.max_image_pixels)
                 except FileRejected as exc:
                     log.warning("reference_rejected", path=str(path), reason=exc.reason, error=str(exc))
                     continue
@@ -103,7 +101,7 @@ class References:
         log.info("references_loaded", images=len(labels), prompts=len(self._texts.labels), directory=self.directory)
         return True
 
-    def _embed(self, pending: list[tuple[list[Any], Image.Image]]) -> None:
+    def _embed(self, pending: list[tuple[list[Any], Prepared]]) -> None:
         """One forward pass for the new reference images collected so far."""
         if pending:
             for (entry, _), vector in zip(pending, self.embedder.embed_images([i for _, i in pending]), strict=True):

@@ -15,7 +15,6 @@ import numpy as np
 
 from .embedder import Embedder
 from .errors import ClipwatchError
-from .imaging import decode_image
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -76,7 +75,8 @@ def query_vector(request: dict[str, Any], dimension: int, embedder: Callable[[],
         data = base64.b64decode(request["image"], validate=True)
     except (ValueError, TypeError):
         raise BadVector("image: expected the image file's bytes in base64") from None
-    return embedder().embed_images([decode_image(data, max_image_pixels)])[0]
+    model = embedder()
+    return model.embed_images([model.prepare(data, max_image_pixels)])[0]
 
 
 def search_top(request: dict[str, Any]) -> int:

@@ -48,7 +48,7 @@ class Service:
         self.config = config
         self.metrics = metrics or Metrics()
         self.paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
-        self.embedder = embedder or Embedder(config.model.name, config.model.device, config.model.cache_dir)
+        self.embedder = embedder or Embedder.from_config(config.model)
         self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
         self.stop_event = threading.Event()
         self.notifier = Notifier()
@@ -259,6 +259,8 @@ class Service:
         signal.signal(signal.SIGINT, handle)
 
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
         if self._http:
             self._http.close()
             self._http = None

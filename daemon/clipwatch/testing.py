@@ -24,7 +24,10 @@ def _byte_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(vocab)}
 
 
-def build_random_clip(directory: str | Path, *, tiny: bool = True, projection_dim: int = 512, seed: int = 0) -> Path:
+def build_random_clip(directory: str | Path, *, tiny: bool = True, projection_dim: int = 512, seed: int = 0,
+                      image_size: int = 32) -> Path:
+    """`image_size` (tiny models only): the input size; 224 gives a tiny model with ViT-B/32's geometry
+    (224 px input, 32 px patches), for tests of the preprocessing."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -37,10 +40,10 @@ def build_random_clip(directory: str | Path, *, tiny: bool = True, projection_di
             text_config=dict(**special, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=2, max_position_embeddings=77),
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=32, patch_size=8),
+                               image_size=image_size, patch_size=8 if image_size == 32 else 32),
             projection_dim=projection_dim,
         )
-        size = 32
+        size = image_size
     else:
         config = CLIPConfig(text_config=special, projection_dim=projection_dim)
         size = 224

@@ -1,12 +1,18 @@
 """The batch worker: queued changes in, one model call and one transaction per batch out.
 
 A batch is up to `model.batch_size` changes, or fewer when `model.max_wait_ms` passes after the first
-one arrived. A batch goes through these steps, in this order:
+one arrived. Two threads share the work, so the model never waits for pixels while files are queued:
+
+- the feeder takes changes off the queue into batches and hands each file to the decode pool
+  (`model.decode_workers` threads) the moment it is taken: read once, sha256, pixels (`load`);
+- the model thread (the caller of `run`) takes the next formed batch and goes through these steps:
 
 1. plan: changes become row operations, in the order they were observed (a write followed by a rename
    lands under the final name). Each file is read once: its sha256 and its pixels come from the same
    bytes. Same bytes as the row at that path: nothing to embed. Same bytes as a row whose file is gone:
-   a move. Same bytes as a row elsewhere: an exact duplicate that reuses the stored vector.
+   a move. Same bytes as a row elsewhere: an exact duplicate that reuses the stored vector. (Pixels are
+   decoded ahead for every file, also those that turn out not to need them: the decoding runs beside
+   the model, and planning first would stall it.)
 2. embed: every image that still needs a vector, in one forward pass.
 3. judge: duplicate and prohibited verdicts (`checker.py`), then the configured action (flag,
    quarantine, reject).
@@ -23,6 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -31,10 +38,9 @@ import numpy as np
 from .changes import Change
 from .checker import Checker, Earlier, Verdict
 from .config import Config
-from .embedder import Embedder
+from .embedder import Embedder, Prepared, cpu_count
 from .errors import FileRejected, StoreError
 from .files import PathFilter, check_name, read_file
-from .imaging import decode_image
 from .index import VectorIndex
 from .intake import Intake
 from .logs import get_logger
@@ -57,6 +63,20 @@ class _Known:
 
     sha256: str
     model: str
+
+
+@dataclass
+class Loaded:
+    """One file as the decode pool leaves it: its bytes' identity, and its pixels or why there are none."""
+
+    sha256: str = ""
+    size: int = 0
+    mtime: float = 0.0
+    pixels: Prepared | None = None
+    error: FileRejected | None = None  # unreadable: nothing else is set
+    decode_error: FileRejected | None = None  # readable, but not an image the model can take
+    read_s: float = 0.0
+    decode_s: float = 0.0
 
 
 @dataclass
@@ -85,6 +105,10 @@ class BatchPlan:
         ("embedded", "unchanged", "moved", "deleted", "failed", "rejected"), 0))
 
 
+# A batch as the feeder hands it over: its changes, and each upserted file loading in the decode pool.
+Formed = tuple[list[Change], list[Future[Loaded] | None]]
+
+
 class Worker:
     def __init__(self, config: Config, intake: Intake, store: Store, embedder: Embedder,
                  paths: PathFilter, metrics: Metrics, index: VectorIndex, checker: Checker,
@@ -95,40 +119,108 @@ class Worker:
         self.paths, self.metrics, self.index, self.checker = paths, metrics, index, checker
         self.batch_size = config.model.batch_size
         self.max_wait_s = config.model.max_wait_ms / 1000
+        self.decode_workers = config.model.decode_workers or _auto_decode_workers(embedder.device)
+        self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode")
         self.last_tick = time.monotonic()  # for health: the loop is alive
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, inputs_done: threading.Event | None = None) -> None:
         """Process batches until `stop` (finish the batch in hand, then return) or, in burst mode, until
-        `inputs_done` is set and the queue is empty."""
-        while not stop.is_set():
-            batch = self.next_batch(stop, inputs_done)
+        `inputs_done` is set and the queue is empty. Batches taken but not processed when `stop` comes
+        are dropped: their files are on disk, and the next start's scan takes them."""
+        ready: queue.Queue[Formed | None] = queue.Queue(maxsize=1)  # one batch loading ahead of the model
+        finished = threading.Event()
+
+        def stopping() -> bool:
+            return stop.is_set() or finished.is_set()
+
+        feeder = threading.Thread(target=self._feed, args=(ready, stopping, inputs_done), name="batcher",
+                                  daemon=True)
+        feeder.start()
+        try:
+            while not stop.is_set():
+                self.tick()
+                waited = time.monotonic()
+                try:
+                    formed = ready.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if formed is None:
+                    return
+                self._process_guarded(*formed, stop, waited=waited)
+        finally:
+            finished.set()
+            feeder.join()
+
+    def _feed(self, ready: queue.Queue[Formed | None], stopping: Callable[[], bool],
+              inputs_done: threading.Event | None) -> None:
+        """The feeder thread: form batches (their files start loading at once), hand them to the model
+        thread; in burst mode, None once the inputs are done and the queue is empty."""
+        while not stopping():
+            batch, loads = self.next_batch(stopping, inputs_done)
             if batch:
-                self._process_guarded(batch, stop)
+                _put(ready, (batch, loads), stopping)
             elif inputs_done is not None and inputs_done.is_set() and self.changes.empty():
+                _put(ready, None, stopping)
                 return
 
-    def next_batch(self, stop: threading.Event, inputs_done: threading.Event | None = None) -> list[Change]:
-        """Wait for a first change, then collect more until batch_size or max_wait_ms after the first."""
+    def next_batch(self, stopping: Callable[[], bool], inputs_done: threading.Event | None = None) -> Formed:
+        """Wait for a first change, then collect more until batch_size or max_wait_ms after the first.
+        Each upserted file starts loading in the decode pool as soon as it is taken."""
         batch: list[Change] = []
+        loads: list[Future[Loaded] | None] = []
+
+        def take(change: Change) -> None:
+            self.metrics.queue_wait.observe(max(time.monotonic() - change.seen_at, 0.0))
+            batch.append(change)
+            loads.append(self._pool.submit(self.load, change.path) if change.kind == "upsert" else None)
+
         while not batch:
-            self.tick()
-            if stop.is_set() or (inputs_done is not None and inputs_done.is_set() and self.changes.empty()):
-                return []
+            if stopping() or (inputs_done is not None and inputs_done.is_set() and self.changes.empty()):
+                return [], []
             try:
-                batch.append(self.changes.get(timeout=0.1))
+                take(self.changes.get(timeout=0.1))
             except queue.Empty:
                 continue
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.batch_size:
             remaining = deadline - time.monotonic()
             try:
-                batch.append(self.changes.get(timeout=remaining) if remaining > 0 else self.changes.get_nowait())
+                take(self.changes.get(timeout=remaining) if remaining > 0 else self.changes.get_nowait())
             except queue.Empty:
                 break
         self.metrics.queue_depth.set(self.changes.qsize())
-        return batch
+        return batch, loads
+
+    def load(self, path: str) -> Loaded:
+        """Read a file once, hash it and prepare its pixels (in a decode thread). Never raises."""
+        loaded = Loaded()
+        started = time.perf_counter()
+        try:
+            if not self.paths.resolves_inside(path):
+                raise FileRejected("not_a_file", "its directory is a symbolic link out of the watched root")
+            file = read_file(path, self.config.watch.max_file_bytes)
+        except FileRejected as exc:
+            loaded.error = exc
+            return loaded
+        except Exception as exc:  # an unexpected failure stays with this file
+            loaded.error = FileRejected("unreadable", f"{type(exc).__name__}: {exc}")
+            return loaded
+        loaded.sha256, loaded.size, loaded.mtime = file.sha256, file.size, file.mtime
+        decoding = time.perf_counter()
+        loaded.read_s = decoding - started
+        try:
+            loaded.pixels = self.embedder.prepare(file.data, self.config.model.max_image_pixels)
+        except FileRejected as exc:
+            loaded.decode_error = exc
+        except Exception as exc:
+            loaded.decode_error = FileRejected("decode_error", f"broken image data ({type(exc).__name__}: {exc})")
+        loaded.decode_s = time.perf_counter() - decoding
+        return loaded
 
     def tick(self) -> None:
         """The loop is alive: for /healthz, and systemd's watchdog (pinged from this loop, never from a
@@ -137,22 +229,29 @@ class Worker:
         self.notifier.heartbeat(f"watching {len(self.config.watch.paths)} roots, {len(self.index):,} images, "
                                 f"queue {self.changes.qsize()}")
 
-    def _process_guarded(self, batch: list[Change], stop: threading.Event) -> None:
+    def _process_guarded(self, batch: list[Change], loads: list[Future[Loaded] | None], stop: threading.Event,
+                         waited: float) -> None:
         """The worker never dies of one batch: an unexpected error drops the batch (logged and counted);
         its files are still on disk and the next scan takes them again."""
         try:
-            self.process(batch, stop)
+            self.process(batch, stop, loads, waited=waited)
         except Exception:
             self.metrics.errors.labels("worker", "unexpected").inc()
             log.exception("batch_failed", files=len(batch), paths=[c.path for c in batch[:5]])
 
     # --- one batch --------------------------------------------------------------------------------
 
-    def process(self, batch: list[Change], stop: threading.Event | None = None) -> BatchPlan:
+    def process(self, batch: list[Change], stop: threading.Event | None = None,
+                loads: list[Future[Loaded] | None] | None = None, waited: float | None = None) -> BatchPlan:
+        """One batch, start to finish. `loads` are its files loading in the decode pool (started here
+        when not given); `waited` is when the model thread began waiting for this batch."""
+        if loads is None:
+            loads = [self._pool.submit(self.load, c.path) if c.kind == "upsert" else None for c in batch]
         self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_fill.observe(len(batch) / self.batch_size)
         self.metrics.in_flight.set(len(batch))
         try:
-            plan = self._process(batch, stop)
+            plan = self._process(batch, loads, stop, waited)
         finally:
             self.metrics.in_flight.set(0)
         if plan.committed:
@@ -161,12 +260,22 @@ class Worker:
                 self.metrics.latency.observe(now - change.seen_at)
         return plan
 
-    def _process(self, batch: list[Change], stop: threading.Event | None) -> BatchPlan:
+    def _process(self, batch: list[Change], loads: list[Future[Loaded] | None], stop: threading.Event | None,
+                 waited: float | None) -> BatchPlan:
         involved = [p for c in batch for p in (c.path, c.dest) if p and _storable(p)]
         known_rows = self._with_retry(lambda: self.store.get_many(involved), stop)
         if known_rows is None:
             return BatchPlan()  # stopping while the store is down: the next start's scan redoes this batch
-        plan = self.plan(batch, known_rows)
+        ready = time.monotonic()
+        loaded = [f.result() if f is not None else None for f in loads]
+        if waited is not None:  # how long the model thread had nothing to do: decoding is the bottleneck
+            self.metrics.pixel_wait.inc(time.monotonic() - waited)
+        elif loads:
+            self.metrics.pixel_wait.inc(time.monotonic() - ready)
+        done = [x for x in loaded if x is not None]
+        self.metrics.stage_seconds.labels("read").observe(sum(x.read_s for x in done))
+        self.metrics.stage_seconds.labels("decode").observe(sum(x.decode_s for x in done))
+        plan = self.plan(batch, known_rows, loaded)
         self._embed(plan)
         return self._judge_and_write(plan, stop)
 
@@ -193,13 +302,14 @@ class Worker:
         log.info("batch_committed", changes=len(plan.ops), **{k: v for k, v in plan.counts.items() if v})
         return plan
 
-    def plan(self, batch: list[Change], rows: dict[str, StoredFile]) -> BatchPlan:
-        """Turn changes into ordered row operations, reading (and decoding) the files that need a vector."""
+    def plan(self, batch: list[Change], rows: dict[str, StoredFile], loaded: list[Loaded | None]) -> BatchPlan:
+        """Turn changes into ordered row operations; `loaded` holds each upserted file's bytes' identity
+        and pixels, in batch order."""
         plan = BatchPlan()
         state: dict[str, _Known | None] = {p: _Known(r.sha256, r.model) for p, r in rows.items()}
-        for change in batch:
+        for change, load in zip(batch, loaded, strict=True):
             if change.kind == "upsert":
-                self._plan_upsert(change.path, state, plan)
+                self._plan_upsert(change.path, state, plan, load or self.load(change.path))
             elif change.kind == "move":
                 self._plan_move(change, state, plan)
             elif change.kind == "delete":
@@ -217,19 +327,18 @@ class Worker:
     def _plan_move(self, change: Change, state: dict[str, _Known | None], plan: BatchPlan) -> None:
         row = state.get(change.path) if _storable(change.path) else None
         if row is None or not _storable(change.dest):
-            self._plan_upsert(change.dest, state, plan)  # nothing stored under the old name: ingest the new one
+            # nothing stored under the old name: ingest the new one (loaded here: moves are not decoded ahead)
+            self._plan_upsert(change.dest, state, plan, self.load(change.dest))
             return
         plan.ops.append(Rename(change.path, change.dest))
         plan.counts["moved"] += 1
         state[change.dest], state[change.path] = row, None
 
-    def _plan_upsert(self, path: str, state: dict[str, _Known | None], plan: BatchPlan) -> None:
+    def _plan_upsert(self, path: str, state: dict[str, _Known | None], plan: BatchPlan, file: Loaded) -> None:
         model = self.embedder.identity
         try:
-            if not self.paths.resolves_inside(path):
-                raise FileRejected("not_a_file", "its directory is a symbolic link out of the watched root")
-            with self.metrics.stage_seconds.labels("read").time():
-                file = read_file(path, self.config.watch.max_file_bytes)
+            if file.error is not None:
+                raise file.error
             known = state.get(path)
             if known is not None and known.sha256 == file.sha256 and known.model == model:
                 plan.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
@@ -244,8 +353,9 @@ class Worker:
                 state[path], state[moved_from] = state.get(moved_from) or _Known(file.sha256, model), None
                 return
             if item.vector is None and item.exact_path is None:
-                with self.metrics.stage_seconds.labels("decode").time():
-                    item.image = decode_image(file.data, self.config.model.max_image_pixels)
+                if file.decode_error is not None:
+                    raise file.decode_error
+                item.image = file.pixels
         except FileRejected as exc:
             self._rejected(path, exc, plan)
             return
@@ -322,11 +432,17 @@ class Worker:
     def _judge(self, plan: BatchPlan) -> None:
         earlier: list[Earlier] = []
         with self.metrics.stage_seconds.labels("check").time():
+            judged = [op for op in plan.ops if isinstance(op, Item) and op.vector is not None
+                      and op.model == self.embedder.identity]
+            vectors = [cast(np.ndarray, i.vector) for i in judged]
+            nearest = dict(zip(map(id, judged), self.checker.nearest_many(np.stack(vectors)), strict=True)) \
+                if vectors else {}
             for item in plan.ops:
                 if not isinstance(item, Item) or item.vector is None:
                     continue
                 if item.model == self.embedder.identity:
-                    item.verdict = self.checker.judge(item.vector, earlier, item.exact_id, item.exact_path)
+                    item.verdict = self.checker.judge(item.vector, nearest[id(item)], earlier, item.exact_id,
+                                                      item.exact_path)
                 self._act(item, plan)
                 if not item.rejected:
                     earlier.append(Earlier(item.path, item.vector))
@@ -423,6 +539,21 @@ class Worker:
                         time.sleep(min(remaining, 1.0))
                 self.store.reconnect()
         return None
+
+
+def _put(q: queue.Queue[Any], item: Any, stopping: Callable[[], bool]) -> None:
+    while not stopping():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _auto_decode_workers(device: str) -> int:
+    """On the CPU the model takes every core: half of them decode (at least one). A GPU needs feeding."""
+    cores = cpu_count()
+    return max(cores, 2) if device.startswith("cuda") else max(1, cores // 2)
 
 
 def _storable(path: str) -> bool:
