@@ -238,7 +238,7 @@ def test_index_search_ranks_like_numpy():
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((300, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = VectorIndex(64, capacity=8)  # grows by doubling
+    index = VectorIndex(64, capacity=8)  # grows as rows come
     index.upsert(range(100, 400), vectors)
     index.remove([100, 150, 399])
     keep = [i for i in range(300) if i + 100 not in (100, 150, 399)]
@@ -248,6 +248,59 @@ def test_index_search_ranks_like_numpy():
     assert [i for i, _ in got] == [i for i, _ in expected]
     assert np.allclose([s for _, s in got], [s for _, s in expected], atol=1e-6)
     assert len(index) == 297 and index.get(150) is None
+
+
+def test_a_batch_of_queries_gets_what_one_query_at_a_time_gets(monkeypatch: pytest.MonkeyPatch):
+    import clipwatch.index
+
+    monkeypatch.setattr(clipwatch.index, "BLOCK_ROWS", 64)  # several blocks, so the running top-k is exercised
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((500, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(32)
+    index.upsert(range(1, 501), vectors)
+    queries = vectors[[3, 250, 499]] + 0.1 * rng.standard_normal((3, 32)).astype(np.float32)
+    batched = index.search_many(queries, 5)
+    for query, hits in zip(queries, batched, strict=True):
+        scores = vectors @ query
+        expected = [int(i) + 1 for i in np.argsort(-scores)[:5]]
+        assert [i for i, _ in hits] == expected == [i for i, _ in index.search(query, 5)]
+    assert [hits[0][0] for hits in batched] == [4, 251, 500]
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    v = centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_approximate_index_finds_near_copies_and_follows_changes():
+    rng = np.random.default_rng(3)
+    vectors = _clustered(rng, 6000)
+    index = VectorIndex(64, approximate_above=5000, nprobe=8)
+    index.upsert(range(1, 4001), vectors[:4000])
+    assert not index.approximate  # below the threshold: exact
+    index.upsert(range(4001, 6001), vectors[4000:])
+    # changes while the background build runs are caught up at its end
+    index.remove([10, 20])
+    index.upsert([30], vectors[5999:6000])
+    assert index.wait_until_approximate(timeout=60), "the approximate index was not built"
+    probe = [5, 777, 3333, 5998]
+    near = vectors[probe] + 0.02 * rng.standard_normal((4, 64)).astype(np.float32)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    hits = index.nearest_many(near)
+    assert [h[0] for h in hits if h] == [i + 1 for i in probe]
+    assert all(abs(h[1] - float(near[j] @ vectors[probe[j]])) < 1e-5 for j, h in enumerate(hits) if h)  # exact
+    # after the build: removed rows are never answered, new and replaced rows are found
+    index.remove([6])
+    assert index.nearest(vectors[5])[0] != 6  # type: ignore[index]
+    assert index.nearest(vectors[9])[0] != 10 and index.nearest(vectors[19])[0] != 20  # type: ignore[index]
+    fresh = _clustered(rng, 1)
+    index.upsert([7000], fresh)
+    index.upsert([777 + 1], fresh)  # row 778 now holds the same vector
+    assert {index.nearest(fresh[0])[0]} <= {7000, 778}  # type: ignore[index]
+    assert index.search(fresh[0], 2)[1][1] > 0.9999
+    assert index.get(30) is not None and np.allclose(index.get(30), vectors[5999])  # type: ignore[arg-type]
 
 
 def test_a_change_back_to_the_original_content_is_judged_again(make_harness):

@@ -72,6 +72,8 @@ class StoreConfig:
 @dataclass(frozen=True)
 class IndexConfig:
     sync_interval_s: float = 2.0
+    approximate_above: int = 100_000
+    nprobe: int = 16
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,8 @@ def _validate(config: Config) -> Config:
     _positive("watch.max_file_bytes", w.max_file_bytes, minimum=1)
     _positive("model.batch_size", m.batch_size, minimum=1)
     _positive("model.max_wait_ms", m.max_wait_ms, minimum=0)
+    _positive("index.approximate_above", config.index.approximate_above, minimum=0)
+    _positive("index.nprobe", config.index.nprobe, minimum=1)
     _positive("model.threads", m.threads, minimum=0)
     _positive("model.decode_workers", m.decode_workers, minimum=0)
     _positive("model.max_image_pixels", m.max_image_pixels, minimum=1)

@@ -100,7 +100,8 @@ class Service:
         started = time.monotonic()
         self.notifier.extend_timeout(START_STEP_S)
         self.notifier.status("loading the similarity index")
-        self.index, since = load_index(self.store, self.embedder.identity, self.embedder.dimension)
+        self.index, since = load_index(self.store, self.embedder.identity, self.embedder.dimension,
+                                       self.config.index.approximate_above, self.config.index.nprobe)
         self.metrics.index_size.set(len(self.index))
         log.info("index_loaded", vectors=len(self.index), seconds=round(time.monotonic() - started, 2))
         references = References(self.config, self.embedder)
