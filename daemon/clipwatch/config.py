@@ -73,7 +73,7 @@ class StoreConfig:
 class IndexConfig:
     sync_interval_s: float = 2.0
     approximate_above: int = 100_000
-    nprobe: int = 16
+    nprobe: int = 32
 
 
 @dataclass(frozen=True)

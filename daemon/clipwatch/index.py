@@ -69,7 +69,7 @@ class ApproximateIndex:
 class VectorIndex:
     """Thread-safe: the worker adds its own rows, the sync thread other instances' rows and deletions."""
 
-    def __init__(self, dimension: int, capacity: int = 1024, approximate_above: int = 0, nprobe: int = 16) -> None:
+    def __init__(self, dimension: int, capacity: int = 1024, approximate_above: int = 0, nprobe: int = 32) -> None:
         self.dimension = dimension
         self._vectors = np.zeros((capacity, dimension), dtype=np.float32)
         self._ids = np.zeros(capacity, dtype=np.int64)
@@ -114,15 +114,20 @@ class VectorIndex:
         keys: list[int] = id_array.tolist()  # plain ints: the smallest dict keys
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(keys), self.dimension)
         with self._lock:
-            if len(self._row_of) + len(keys) > len(self._ids):
-                self._resize(max(int(len(self._ids) * GROWTH), len(self._row_of) + len(keys), 1024))
-            rows = np.empty(len(keys), dtype=np.int64)
             row_of = self._row_of
-            for j, row_id in enumerate(keys):
-                row = row_of.get(row_id)
-                if row is None:
-                    row = row_of[row_id] = len(row_of)
-                rows[j] = row
+            first = len(row_of)
+            if row_of.keys().isdisjoint(keys) and len(set(keys)) == len(keys):  # all new (as at load): C speed
+                self._reserve_for(first + len(keys))
+                row_of.update(zip(keys, range(first, first + len(keys)), strict=True))
+                rows = np.arange(first, first + len(keys), dtype=np.int64)
+            else:
+                self._reserve_for(first + sum(1 for k in set(keys) if k not in row_of))
+                rows = np.empty(len(keys), dtype=np.int64)
+                for j, row_id in enumerate(keys):
+                    row = row_of.get(row_id)
+                    if row is None:
+                        row = row_of[row_id] = len(row_of)
+                    rows[j] = row
             self._ids[rows] = id_array
             self._vectors[rows] = vectors
             self._follow(id_array, vectors)
@@ -252,6 +257,10 @@ class VectorIndex:
 
     def nearest_many(self, queries: np.ndarray) -> list[tuple[int, float] | None]:
         return [hits[0] if hits else None for hits in self.search_many(queries, 1)]
+
+    def _reserve_for(self, rows: int) -> None:
+        if rows > len(self._ids):
+            self._resize(max(int(len(self._ids) * GROWTH), rows, 1024))
 
     def _resize(self, capacity: int) -> None:
         vectors = np.zeros((capacity, self.dimension), dtype=np.float32)

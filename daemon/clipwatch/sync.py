@@ -25,12 +25,12 @@ TOMBSTONES_KEPT = timedelta(days=1)
 
 
 def load_index(store: Store, model: str, dimension: int, approximate_above: int = 0,
-               nprobe: int = 16) -> tuple[VectorIndex, datetime]:
+               nprobe: int = 32) -> tuple[VectorIndex, datetime]:
     """Every stored vector of `model`, all instances, streamed page by page into a matrix sized once.
     Returns the index and the time to sync from."""
     started = store.now()
     index = VectorIndex(dimension, approximate_above=approximate_above, nprobe=nprobe)
-    index.reserve(sum(n for _, m, n in store.status().counts if m == model))
+    index.reserve(store.count_vectors(model))
     for ids, vectors in store.iter_vectors(model):
         index.upsert(ids, vectors)
     return index, started - timedelta(seconds=SAFETY_S)

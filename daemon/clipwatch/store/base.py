@@ -155,6 +155,10 @@ class Store(ABC):
         """Every row of `model`, all instances, as (ids, vectors) chunks; for loading the index."""
 
     @abstractmethod
+    def count_vectors(self, model: str) -> int:
+        """How many rows of `model` there are, all instances (to size the index once before loading it)."""
+
+    @abstractmethod
     def changes_since(self, since: datetime, model: str) -> Changes: ...
 
     @abstractmethod
@@ -303,6 +307,9 @@ class SQLStore(Store):
                 return
             last = rows[-1][0]
             yield np.array([r[0] for r in rows], dtype=np.int64), _vectors([r[1] for r in rows])
+
+    def count_vectors(self, model: str) -> int:
+        return int(self._fetch(f"SELECT COUNT(*) FROM {self.t} WHERE model = {self.PARAM}", [model])[0][0])  # noqa: S608
 
     def changes_since(self, since: datetime, model: str) -> Changes:
         until = self.now()
