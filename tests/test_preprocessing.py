@@ -91,3 +91,19 @@ def test_a_phone_photo_is_decoded_at_a_fraction_of_its_size():
 def test_the_drafted_decode_keeps_the_exif_orientation():
     img = decode_image(photo(3024, 2268, seed=2, exif_orientation=6), max_pixels=64_000_000, draft=224)
     assert img.size == (284, 378)  # 1/8 of 3024 x 2268 (sides rounded up), then turned to portrait, as shown
+
+
+def test_without_the_fast_path_images_go_through_the_library_bounded_in_size(model_224: Path):
+    """A model whose processor the fast path does not reproduce: the library preprocesses, and what the
+    decode threads hold per image stays small (here, the fast path is switched off to stand for one)."""
+    fast = Embedder(str(model_224), device="cpu")
+    fast.load()
+    library = Embedder(str(model_224), device="cpu", fast_preprocessing=False)
+    library.load()
+    assert library.preprocessing is None
+    data = photo(4032, 3024, seed=5)
+    prepared = library.prepare(data, 64_000_000)
+    assert isinstance(prepared, Image.Image) and min(prepared.size) == 1024
+    a = library.embed_images([prepared])[0]
+    b = fast.embed_images([fast.prepare(data, 64_000_000)])[0]
+    assert float(a @ b) >= 0.99

@@ -72,7 +72,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class IndexConfig:
     sync_interval_s: float = 2.0
-    approximate_above: int = 100_000
+    approximate_above: int = 500_000
     nprobe: int = 32
 
 

@@ -64,6 +64,7 @@ def resolve_device(setting: str) -> str:
 # What `prepare` returns: model-ready pixels (fast path) or a decoded RGB image (library path).
 Prepared: TypeAlias = "np.ndarray | Image.Image"
 PARITY_MIN = 0.99  # the fast path is used only if it agrees with the library on a probe image
+LIBRARY_PATH_MAX_SIDE = 1024  # shortest side of images prepared for models without the fast path
 
 
 def cpu_count() -> int:
@@ -162,7 +163,13 @@ class Embedder:
         Raises FileRejected for files that are not images, broken, or too large."""
         if self.preprocessing is not None:
             return self.preprocessing.prepare(data, max_pixels)
-        return decode_image(data, max_pixels)
+        # A model whose processor we do not reproduce gets the decoded image, bounded so that the batches
+        # decoded ahead hold megabytes, not gigabytes: no image processor wants more than 1024 px.
+        img = decode_image(data, max_pixels, draft=LIBRARY_PATH_MAX_SIDE)
+        if min(img.size) > LIBRARY_PATH_MAX_SIDE:
+            scale = LIBRARY_PATH_MAX_SIDE / min(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+        return img
 
     def _load_from_hub(self, loader: Any, options: dict[str, Any]) -> Any:
         """The cached copy if there is one; else download, after checking that the hub answers at all
