@@ -516,7 +516,7 @@ def main() -> int:
     tiny_dir = CACHE / "tiny-clip"
     if not (tiny_dir / "config.json").exists():
         build_random_clip(tiny_dir, tiny=True)
-    n_web, n_phone = (48, 16) if quick else (192, 64)
+    n_web, n_phone = (48, 16) if quick else (192, 160)
     web = sorted(image_set("web", n_web, (1024, 768)).iterdir())
     phone = sorted(image_set("phone", n_phone, (4032, 3024)).iterdir())
     png = sorted(image_set("png", 32 if quick else 64, (1024, 768), "PNG").iterdir())
