@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -70,6 +71,37 @@ def test_fifty_images_take_a_handful_of_model_calls(harness: Harness):
     harness.upsert(*files)
     assert len(harness.rows()) == 50
     assert harness.embedder.calls == [16, 16, 16, 2]  # batch_size = 16: one forward pass per batch
+
+
+def test_the_next_batch_is_decoded_while_the_model_embeds_this_one(harness: Harness,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    """The pipeline: files of batch 2 are read and decoded before batch 1's forward pass has ended."""
+    events: list[tuple[str, float, str]] = []
+    real_load, real_embed = harness.worker.load, harness.embedder.embed_images
+
+    def load(path: str):  # type: ignore[no-untyped-def]
+        events.append(("load", time.monotonic(), path))
+        return real_load(path)
+
+    def slow_embed(images):  # type: ignore[no-untyped-def]
+        vectors = real_embed(images)
+        time.sleep(1.0)  # a model slower than decoding, as the real one is: widens the window observed
+        events.append(("embedded", time.monotonic(), str(len(images))))
+        return vectors
+
+    monkeypatch.setattr(harness.worker, "load", load)
+    monkeypatch.setattr(harness.embedder, "embed_images", slow_embed)
+    files = [write_image(harness.root / f"p{i:02}.jpg", seed=i) for i in range(32)]
+    harness.upsert(*files)
+    assert len(harness.rows()) == 32
+    first_embed_done = next(t for kind, t, _ in events if kind == "embedded")
+    second_batch = {str(f) for f in files[16:]}
+    loads_of_second = [t for kind, t, path in events if kind == "load" and path in second_batch]
+    assert len(loads_of_second) == 16 and min(loads_of_second) < first_embed_done
+    m = harness.metrics.registry
+    assert m.get_sample_value("clipwatch_batch_fill_ratio_sum") == 2.0  # two full batches of 16
+    assert m.get_sample_value("clipwatch_queue_wait_seconds_count") == 32
+    assert (m.get_sample_value("clipwatch_stage_duration_seconds_sum", {"stage": "decode"}) or 0) > 0
 
 
 def test_rows_hold_sha256_unit_vectors_and_the_model(harness: Harness):
