@@ -303,12 +303,19 @@ def preparation_ms(embedder: Embedder, files: list[Path], model_dir: Path) -> tu
     return ours * 1000, theirs * 1000
 
 
-def daemon_rate(url: str, model_dir: Path, files: list[Path], work: Path) -> float:
-    watched, data = work / "daemon-watched", work / "daemon-data"
+def start_daemon(url: str, name: str, model_dir: Path, work: Path, **extra: str) -> tuple[Path, dict[str, str],
+                                                                                     Daemon]:
+    """A daemon on a fresh table `bench_<name>`, watching an empty directory; not yet ready."""
+    watched = work / f"{name}-watched"
     watched.mkdir()
-    env = env_for(url, "bench_daemon", model_dir, watched, data, metrics__listen=f"127.0.0.1:{free_port()}")
+    env = env_for(url, f"bench_{name}", model_dir, watched, work / f"{name}-data",
+                  metrics__listen=f"127.0.0.1:{free_port()}", **extra)
     drop_table(env)
-    daemon = Daemon(env)
+    return watched, env, Daemon(env)
+
+
+def daemon_rate(url: str, model_dir: Path, files: list[Path], work: Path) -> float:
+    watched, env, daemon = start_daemon(url, "daemon", model_dir, work)
     try:
         daemon.wait_ready()
         started = time.monotonic()
@@ -410,13 +417,8 @@ def subset(index: VectorIndex, n: int) -> VectorIndex:
 # --- (f) and (g) -----------------------------------------------------------------------------------------
 
 def trickle(url: str, model_dir: Path, files: list[Path], work: Path, rate: float) -> None:
-    watched, data = work / "trickle-watched", work / "trickle-data"
-    watched.mkdir()
-    env = env_for(url, "bench_trickle", model_dir, watched, data, metrics__listen=f"127.0.0.1:{free_port()}",
-                  model__max_wait_ms="200")
-    drop_table(env)
+    watched, env, daemon = start_daemon(url, "trickle", model_dir, work, model__max_wait_ms="200")
     store = open_store(load_config(None, env=env))
-    daemon = Daemon(env)
     landed: dict[str, float] = {}
     written: dict[str, float] = {}
     try:
@@ -457,11 +459,7 @@ def trickle(url: str, model_dir: Path, files: list[Path], work: Path, rate: floa
 
 
 def burst(url: str, tiny_dir: Path, files: list[Path], work: Path) -> None:
-    watched, data = work / "burst-watched", work / "burst-data"
-    watched.mkdir()
-    env = env_for(url, "bench_burst", tiny_dir, watched, data, metrics__listen=f"127.0.0.1:{free_port()}")
-    drop_table(env)
-    daemon = Daemon(env)
+    watched, env, daemon = start_daemon(url, "burst", tiny_dir, work)
     samples: list[tuple[float, float, int]] = []
     try:
         daemon.wait_ready()

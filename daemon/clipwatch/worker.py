@@ -144,14 +144,13 @@ class Worker:
         try:
             while not stop.is_set():
                 self.tick()
-                waited = time.monotonic()
                 try:
                     formed = ready.get(timeout=0.1)
                 except queue.Empty:
                     continue
                 if formed is None:
                     return
-                self._process_guarded(*formed, stop, waited=waited)
+                self._process_guarded(*formed, stop)
         finally:
             finished.set()
             feeder.join()
@@ -229,12 +228,12 @@ class Worker:
         self.notifier.heartbeat(f"watching {len(self.config.watch.paths)} roots, {len(self.index):,} images, "
                                 f"queue {self.changes.qsize()}")
 
-    def _process_guarded(self, batch: list[Change], loads: list[Future[Loaded] | None], stop: threading.Event,
-                         waited: float) -> None:
+    def _process_guarded(self, batch: list[Change], loads: list[Future[Loaded] | None],
+                         stop: threading.Event) -> None:
         """The worker never dies of one batch: an unexpected error drops the batch (logged and counted);
         its files are still on disk and the next scan takes them again."""
         try:
-            self.process(batch, stop, loads, waited=waited)
+            self.process(batch, stop, loads)
         except Exception:
             self.metrics.errors.labels("worker", "unexpected").inc()
             log.exception("batch_failed", files=len(batch), paths=[c.path for c in batch[:5]])
@@ -242,16 +241,16 @@ class Worker:
     # --- one batch --------------------------------------------------------------------------------
 
     def process(self, batch: list[Change], stop: threading.Event | None = None,
-                loads: list[Future[Loaded] | None] | None = None, waited: float | None = None) -> BatchPlan:
+                loads: list[Future[Loaded] | None] | None = None) -> BatchPlan:
         """One batch, start to finish. `loads` are its files loading in the decode pool (started here
-        when not given); `waited` is when the model thread began waiting for this batch."""
+        when not given)."""
         if loads is None:
             loads = [self._pool.submit(self.load, c.path) if c.kind == "upsert" else None for c in batch]
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_fill.observe(len(batch) / self.batch_size)
         self.metrics.in_flight.set(len(batch))
         try:
-            plan = self._process(batch, loads, stop, waited)
+            plan = self._process(batch, loads, stop)
         finally:
             self.metrics.in_flight.set(0)
         if plan.committed:
@@ -260,18 +259,15 @@ class Worker:
                 self.metrics.latency.observe(now - change.seen_at)
         return plan
 
-    def _process(self, batch: list[Change], loads: list[Future[Loaded] | None], stop: threading.Event | None,
-                 waited: float | None) -> BatchPlan:
+    def _process(self, batch: list[Change], loads: list[Future[Loaded] | None],
+                 stop: threading.Event | None) -> BatchPlan:
         involved = [p for c in batch for p in (c.path, c.dest) if p and _storable(p)]
         known_rows = self._with_retry(lambda: self.store.get_many(involved), stop)
         if known_rows is None:
             return BatchPlan()  # stopping while the store is down: the next start's scan redoes this batch
-        ready = time.monotonic()
+        waiting = time.monotonic()  # the model thread holds a batch whose files may still be decoding
         loaded = [f.result() if f is not None else None for f in loads]
-        if waited is not None:  # how long the model thread had nothing to do: decoding is the bottleneck
-            self.metrics.pixel_wait.inc(time.monotonic() - waited)
-        elif loads:
-            self.metrics.pixel_wait.inc(time.monotonic() - ready)
+        self.metrics.pixel_wait.inc(time.monotonic() - waiting)
         done = [x for x in loaded if x is not None]
         self.metrics.stage_seconds.labels("read").observe(sum(x.read_s for x in done))
         self.metrics.stage_seconds.labels("decode").observe(sum(x.decode_s for x in done))
