@@ -490,9 +490,10 @@ def burst(url: str, tiny_dir: Path, files: list[Path], work: Path) -> None:
     # stored, not with the backlog. What must stay flat is the rest, while the backlog shrinks from 10,000.
     index_mib = len(files) * DIM * 4 * 1.2 / 2**20
     rest = peak - index_mib
-    result("memory under a burst of 10,000 files (daemon RSS)",
-           f"{after_first_tenth:.0f} MiB with 9,000 waiting, peak {peak:.0f} MiB with none waiting, of which the "
-           f"index of 10,000 vectors is ~{index_mib:.0f} MiB (idle {base:.0f} MiB)", "flat",
+    result(f"memory under a burst of {len(files):,} files (daemon RSS)",
+           f"{after_first_tenth:.0f} MiB with {len(files) * 9 // 10:,} waiting, peak {peak:.0f} MiB with none "
+           f"waiting, of which the index of {len(files):,} vectors is ~{index_mib:.0f} MiB (idle {base:.0f} MiB)",
+           "flat",
            rest <= after_first_tenth * 1.05)
 
 
