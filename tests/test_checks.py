@@ -184,7 +184,7 @@ def _boundary_checker(embedder: Embedder, config: Config, stored: np.ndarray, pr
 
 
 def _judge(checker: Checker, query: np.ndarray) -> Verdict:
-    return checker.judge(query, checker.nearest_many(query[None])[0], [])
+    return checker.judge(query, checker.index.nearest(query), [])
 
 
 def test_thresholds_are_inclusive_exactly_at_the_boundary(make_config, embedder: Embedder, tmp_path: Path):

@@ -45,13 +45,10 @@ class Checker:
         self.index = index
         self.references = references
 
-    def nearest_many(self, vectors: np.ndarray) -> list[tuple[int, float] | None]:
-        """The nearest stored row of each vector: one pass over the index for a whole batch."""
-        return self.index.nearest_many(vectors)
-
     def judge(self, vector: np.ndarray, nearest: tuple[int, float] | None, earlier: list[Earlier],
               exact_id: int | None = None, exact_path: str | None = None) -> Verdict:
-        """`nearest`: the stored row nearest to `vector` (from `nearest_many`), or None if the index is empty.
+        """`nearest`: the stored row nearest to `vector` (`index.nearest_many` for a whole batch), or None
+        if the index is empty.
         `exact_id`/`exact_path`: a stored row (or an earlier image of the batch) with the same bytes."""
         near_score = nearest[1] if nearest else None
         ref = self.references.match(vector) if self.references.enabled else None

@@ -199,19 +199,25 @@ class Embedder:
         prep = self.preprocessing
         return self._forward_pixels(np.stack([prep.pixels(i) if isinstance(i, Image.Image) else i for i in images]))
 
+    def _autocast(self) -> Any:
+        """fp16 autocast on CUDA (untested here: no GPU); nothing on the CPU, where it would be slower."""
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
     def _forward_pixels(self, batch: np.ndarray) -> np.ndarray:
         """The model's own forward on an (n, 3, H, W) float32 batch of preprocessed pixels."""
         import torch
 
         pixels = torch.from_numpy(batch)
-        autocast: Any = contextlib.nullcontext()
         if self.device.startswith("cuda"):  # untested here (no GPU): see docs/benchmarks.md
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-            autocast = torch.autocast("cuda", dtype=torch.float16)
         features = {k: (v * len(batch) if isinstance(v, list) and len(v) == 1 else v)
                     for k, v in self._features.items()}
         features["pixel_values"] = pixels
-        with self._lock, torch.inference_mode(), autocast:
+        with self._lock, torch.inference_mode(), self._autocast():
             out = self._model.forward(features)["sentence_embedding"]
             out = torch.nn.functional.normalize(out.float(), dim=-1)
         return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
@@ -224,10 +230,7 @@ class Embedder:
 
         if self._model is None:
             raise RuntimeError("Embedder.load() was not called")
-        autocast: Any = contextlib.nullcontext()
-        if self.device.startswith("cuda"):
-            autocast = torch.autocast("cuda", dtype=torch.float16)
-        with self._lock, torch.inference_mode(), autocast:
+        with self._lock, torch.inference_mode(), self._autocast():
             vectors = self._model.encode(items, batch_size=max(len(items), 1), convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -431,7 +431,7 @@ class Worker:
             judged = [op for op in plan.ops if isinstance(op, Item) and op.vector is not None
                       and op.model == self.embedder.identity]
             vectors = [cast(np.ndarray, i.vector) for i in judged]
-            nearest = dict(zip(map(id, judged), self.checker.nearest_many(np.stack(vectors)), strict=True)) \
+            nearest = dict(zip(map(id, judged), self.index.nearest_many(np.stack(vectors)), strict=True)) \
                 if vectors else {}
             for item in plan.ops:
                 if not isinstance(item, Item) or item.vector is None:
