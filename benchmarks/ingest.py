@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipwatch.config import load_config
+from clipwatch.config_loader import load_config
 from clipwatch.embedder import Embedder, cpu_count
 from clipwatch.index import VectorIndex
 from clipwatch.logs import configure_logging
@@ -367,14 +367,14 @@ def check_latency(index: VectorIndex, label: str, target_ms: float, approximate_
     stored = np.stack([v for v in (index.get(int(i)) for i in rng.integers(1, len(index), 1000)) if v is not None])
     near = stored + 0.25 * rng.standard_normal(stored.shape).astype(np.float32) / np.sqrt(DIM)
     near /= np.linalg.norm(near, axis=1, keepdims=True)
-    one = timed(lambda: index.nearest(fresh[0]), 20) * 1000
-    batch = timed(lambda: index.nearest_many(fresh[:32]), 5) * 1000 / 32
+    one = timed(lambda: index.search(fresh[0], 1), 20) * 1000
+    batch = timed(lambda: index.search_many(fresh[:32], 1), 5) * 1000 / 32
     say(f"  {label}: exact, one query {one:.1f} ms; in a batch of 32 {batch:.2f} ms per image")
     result(f"duplicate check, {label}, exact, batch of 32 (per image)", f"{batch:.2f} ms", f"<= {target_ms:g} ms",
            batch <= target_ms)
     result(f"duplicate check, {label}, exact, one image", f"{one:.1f} ms", f"<= {target_ms:g} ms", one <= target_ms)
-    exact_fresh = [h[0] for h in index.nearest_many(fresh) if h]
-    exact_near = [h[0] for h in index.nearest_many(near) if h]
+    exact_fresh = [h[0] for h in index.search_many(fresh, 1) if h]
+    exact_near = [h[0] for h in index.search_many(near, 1) if h]
     if approximate_above and len(index) >= approximate_above:
         index.approximate_above, index.nprobe = approximate_above, nprobe
         started = time.perf_counter()
@@ -383,10 +383,10 @@ def check_latency(index: VectorIndex, label: str, target_ms: float, approximate_
         say(f"  approximate index ready {time.perf_counter() - started:.1f} s after the load "
             f"(built in the background; searches were exact until then)")
     if index.approximate:
-        one = timed(lambda: index.nearest(fresh[0]), 50) * 1000
-        batch = timed(lambda: index.nearest_many(fresh[:32]), 5) * 1000 / 32
-        got_fresh = [h[0] for h in index.nearest_many(fresh) if h]
-        got_near = [h[0] for h in index.nearest_many(near) if h]
+        one = timed(lambda: index.search(fresh[0], 1), 50) * 1000
+        batch = timed(lambda: index.search_many(fresh[:32], 1), 5) * 1000 / 32
+        got_fresh = [h[0] for h in index.search_many(fresh, 1) if h]
+        got_near = [h[0] for h in index.search_many(near, 1) if h]
         recall_fresh = float(np.mean(np.array(got_fresh) == np.array(exact_fresh)))
         recall_near = float(np.mean(np.array(got_near) == np.array(exact_near)))
         result(f"duplicate check, {label}, approximate, one image", f"{one:.2f} ms", f"<= {target_ms:g} ms",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipwatch.config import load_config
+from clipwatch.config_loader import load_config
 from clipwatch.store import Upsert, open_store
 from clipwatch.sync import load_index
 from clipwatch.testing import build_random_clip
@@ -108,8 +108,8 @@ def main() -> None:
                   f"{r['local_s']:>13.2f} s {r['daemon_s']:>14.2f} s")
             if name == "mysql":
                 store = open_store(load_config(None, env=env))
-                store._execute_plain(f"DROP TABLE `{table}`")  # type: ignore[attr-defined]
-                store._execute_plain(f"DROP TABLE `{table}_deleted`")  # type: ignore[attr-defined]
+                store._fetch(f"DROP TABLE `{table}`")  # type: ignore[attr-defined]
+                store._fetch(f"DROP TABLE IF EXISTS `{table}_deleted`, `{table}_decisions`, `{table}_moves`")  # type: ignore[attr-defined]
                 store.close()
 
 

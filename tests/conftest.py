@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipwatch.config import Config, load_config
+from clipwatch.config import Config
+from clipwatch.config_loader import load_config
 from clipwatch.embedder import Embedder
-from clipwatch.store import Store, open_store
+from clipwatch.store import Store, StoredFile, open_store
 from clipwatch.testing import build_random_clip
 
 MYSQL_URL = os.environ.get("CLIPWATCH_TEST_MYSQL_URL", "")
@@ -95,7 +96,7 @@ def drop_mysql_table(name: str) -> None:
 
     store = MySQLStore(parse_store_url(MYSQL_URL), "", name, "test")
     try:
-        store._execute_plain(f"DROP TABLE IF EXISTS `{name}`, `{name}_deleted`")
+        store._fetch(f"DROP TABLE IF EXISTS `{name}`, `{name}_deleted`, `{name}_decisions`, `{name}_moves`")
     finally:
         store.close()
 
@@ -233,8 +234,14 @@ def scrape(daemon: Daemon) -> dict[str, float]:
             for line in text.splitlines() if line and not line.startswith("#")}
 
 
-def rows_under(store: Store, root: Path) -> dict[str, object]:
-    return {f.path: f for f in store.iter_files(str(root))}
+def rows_under(store: Store, root: Path) -> dict[str, StoredFile]:
+    return {f.path: f for f in store.iter_rows_under(str(root))}
+
+
+def vector_at(store: Store, path: str) -> np.ndarray | None:
+    """The stored vector of this instance's row at `path`, or None."""
+    row = store.get_many([path]).get(path)
+    return store.vectors_of([row.id]).get(row.id) if row else None
 
 
 def free_port() -> int:

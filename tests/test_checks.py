@@ -13,15 +13,18 @@ import pytest
 from PIL import Image
 
 from clipwatch.changes import Change
-from clipwatch.checker import Checker, Verdict
 from clipwatch.config import Config
+from clipwatch.decisions import Decisions
 from clipwatch.embedder import Embedder
+from clipwatch.health import Health
 from clipwatch.index import VectorIndex
+from clipwatch.judge import Evidence, Judge, Verdict
 from clipwatch.metrics import Metrics
+from clipwatch.planner import Entry
 from clipwatch.references import References
 from clipwatch.store import Delete, Upsert, open_store
 from clipwatch.sync import IndexSync, load_index
-from conftest import write_image
+from conftest import vector_at, write_image
 from test_worker import Harness
 
 
@@ -61,7 +64,7 @@ def test_an_exact_copy_is_a_duplicate_of_the_original_without_a_model_call(make_
     h.upsert(copy)
     assert h.embedder.calls == [1]  # the copy reused the stored vector
     assert verdict_of(h, copy) == ("duplicate", row(h, original).id, 1.0, None)
-    assert np.array_equal(h.store.get_vector(str(copy)), h.store.get_vector(str(original)))
+    assert np.array_equal(vector_at(h.store, str(copy)), vector_at(h.store, str(original)))
 
 
 def test_two_identical_files_in_one_batch(make_harness):
@@ -166,7 +169,7 @@ def test_reference_embeddings_are_cached_and_refreshed_when_the_directory_change
     refs.mkdir()
     write_image(refs / "one.jpg", seed=1)
     h = make_harness(prohibited__reference_dir=str(refs))
-    references = h.service.worker.checker.references  # type: ignore[union-attr]
+    references = h.service.references
     assert len(references) == 1 and references.cache_path.exists()
     calls = len(h.embedder.calls)
     assert references.refresh() is False  # nothing changed: nothing embedded
@@ -175,16 +178,17 @@ def test_reference_embeddings_are_cached_and_refreshed_when_the_directory_change
     assert len(h.embedder.calls) == calls + 1  # only the new image; the first came from the cache
 
 
-def _boundary_checker(embedder: Embedder, config: Config, stored: np.ndarray, prompt_threshold: float) -> Checker:
+def _boundary_checker(embedder: Embedder, config: Config, stored: np.ndarray, prompt_threshold: float) -> Judge:
     index = VectorIndex(embedder.dimension)
     index.upsert([1], stored[None, :])
     refs = References(config, embedder)
     refs.load()
-    return Checker(config, index, refs)
+    return Judge(config, "m", index, refs, Decisions())
 
 
-def _judge(checker: Checker, query: np.ndarray) -> Verdict:
-    return checker.judge(query, checker.index.nearest(query), [])
+def _judge(judge: Judge, query: np.ndarray) -> Verdict:
+    entry = Entry(key=0, path="/upload/q.jpg", sha256="f" * 64, size=1, mtime=0.0, model="m", vector=query)
+    return judge.judge([entry], Evidence(), lambda ids: {})[0]
 
 
 def test_thresholds_are_inclusive_exactly_at_the_boundary(make_config, embedder: Embedder, tmp_path: Path):
@@ -220,14 +224,15 @@ def test_the_index_sync_sees_other_instances_rows_and_deletions(store_url: str, 
         index, since = load_index(a, "m", 512)
         assert len(index) == 1
         references = References(make_config(store_url), Embedder("unused"))
-        sync = IndexSync(a, index, "m", since, 1.0, references, 60.0, Metrics())
+        metrics = Metrics()
+        sync = IndexSync(a, index, "m", since, 1.0, references, 60.0, metrics, Health(metrics, 1.0), Decisions())
         applied = b.apply([Upsert("/b/2.jpg", "2" * 64, 1, 1.0, "m", vec[1]),
                            Upsert("/b/3.jpg", "3" * 64, 1, 1.0, "other-model", vec[2])])
         sync.sync_once()
         assert len(index) == 2 and np.array_equal(index.get(applied.ids["/b/2.jpg"]), vec[1])
         b.apply([Delete("/b/2.jpg")])
         sync.sync_once()
-        assert len(index) == 1 and index.nearest(vec[0]) == (1, 1.0)
+        assert len(index) == 1 and index.search(vec[0], 1) == [(1, 1.0)]
         assert sync.since <= b.now() - timedelta(seconds=5)  # each round re-reads a safety window
     finally:
         a.close()
@@ -288,17 +293,17 @@ def test_the_approximate_index_finds_near_copies_and_follows_changes():
     probe = [5, 777, 3333, 5998]
     near = vectors[probe] + 0.02 * rng.standard_normal((4, 64)).astype(np.float32)
     near /= np.linalg.norm(near, axis=1, keepdims=True)
-    hits = index.nearest_many(near)
-    assert [h[0] for h in hits if h] == [i + 1 for i in probe]
-    assert all(abs(h[1] - float(near[j] @ vectors[probe[j]])) < 1e-5 for j, h in enumerate(hits) if h)  # exact
+    hits = [h[0] for h in index.search_many(near, 1)]
+    assert [h[0] for h in hits] == [i + 1 for i in probe]
+    assert all(abs(h[1] - float(near[j] @ vectors[probe[j]])) < 1e-5 for j, h in enumerate(hits))  # exact
     # after the build: removed rows are never answered, new and replaced rows are found
     index.remove([6])
-    assert index.nearest(vectors[5])[0] != 6  # type: ignore[index]
-    assert index.nearest(vectors[9])[0] != 10 and index.nearest(vectors[19])[0] != 20  # type: ignore[index]
+    assert index.search(vectors[5], 1)[0][0] != 6
+    assert index.search(vectors[9], 1)[0][0] != 10 and index.search(vectors[19], 1)[0][0] != 20
     fresh = _clustered(rng, 1)
     index.upsert([7000], fresh)
     index.upsert([777 + 1], fresh)  # row 778 now holds the same vector
-    assert {index.nearest(fresh[0])[0]} <= {7000, 778}  # type: ignore[index]
+    assert {index.search(fresh[0], 1)[0][0]} <= {7000, 778}
     assert index.search(fresh[0], 2)[1][1] > 0.9999
     assert index.get(30) is not None and np.allclose(index.get(30), vectors[5999])  # type: ignore[arg-type]
 
@@ -322,6 +327,6 @@ def test_prohibited_by_prompt_at_ingest_is_labelled_with_the_prompt(make_harness
     upload = write_image(h.root / "upload.jpg", seed=4)
     h.upsert(upload)
     status, _, score, label = verdict_of(h, upload)
-    scores = embedder.embed_texts(prompts) @ h.store.get_vector(str(upload))
+    scores = embedder.embed_texts(prompts) @ vector_at(h.store, str(upload))
     assert (status, label) == ("prohibited", prompts[int(np.argmax(scores))])
     assert abs(score - float(scores.max())) < 1e-6

@@ -117,13 +117,13 @@ def test_the_documented_least_privilege_users_are_enough(env: dict[str, str], tm
         sql = (Path(__file__).parent.parent / "config" / name).read_text()
         for statement in "\n".join(line for line in sql.splitlines() if not line.startswith("--")).split(";"):
             if statement.strip():
-                admin._execute_plain(statement.replace("change-me", "t3st-pw"))
+                admin._fetch(statement.replace("change-me", "t3st-pw"))
 
     user_env = {**env, "CLIPWATCH_STORE__URL": f"mysql://clipwatch@{admin_url.host}:{admin_url.port}/clipwatch",
                 "CLIPWATCH_STORE__PASSWORD": "t3st-pw", "CLIPWATCH_STORE__TABLE": "images"}
     try:
-        admin._execute_plain("DROP DATABASE IF EXISTS clipwatch")
-        admin._execute_plain("DROP USER IF EXISTS 'clipwatch'@'%'")
+        admin._fetch("DROP DATABASE IF EXISTS clipwatch")
+        admin._fetch("DROP USER IF EXISTS 'clipwatch'@'%'")
         run_sql_file("mysql-setup.sql")  # database-wide grants, CREATE included: the daemon makes its tables
         write_image(tmp_path / "watched" / "a.jpg", seed=1)
         scan = run_cli("scan", env=user_env)
@@ -139,8 +139,8 @@ def test_the_documented_least_privilege_users_are_enough(env: dict[str, str], tm
         denied = run_cli("db", "init", "--dimension", "512", env={**user_env, "CLIPWATCH_STORE__TABLE": "other"})
         assert denied.returncode == 1 and "CREATE command denied" in denied.stderr
     finally:
-        admin._execute_plain("DROP DATABASE IF EXISTS clipwatch")
-        admin._execute_plain("DROP USER IF EXISTS 'clipwatch'@'%'")
+        admin._fetch("DROP DATABASE IF EXISTS clipwatch")
+        admin._fetch("DROP USER IF EXISTS 'clipwatch'@'%'")
         admin.close()
 
 

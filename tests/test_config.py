@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clipwatch.config import SECTIONS, ConfigError, load_config
+from clipwatch.config import ConfigError
+from clipwatch.config_loader import SECTIONS, load_config
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "clipwatch.example.toml"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clipwatch.store import Store
-from conftest import Daemon, free_port, rows_under, scrape, wait_until, write_image
+from conftest import Daemon, free_port, rows_under, scrape, vector_at, wait_until, write_image
 
 NAMES = ["plain.jpg", "it's \"quoted\".jpg", "100% off; 50%.png", "new\nline.jpg", "ünïcødé 猫 🐈.webp"]
 
@@ -33,7 +33,7 @@ def test_daemon_follows_writes_edits_moves_and_deletes_then_stops_on_sigterm(
             row = rows[str(f)]  # the exact name, quotes, %, newline and all
             assert row.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
             assert row.model == "tiny-clip"
-            vec = reader.get_vector(str(f))
+            vec = vector_at(reader, str(f))
             assert vec.shape == (512,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
 
         edited = files[0]
@@ -105,7 +105,8 @@ def test_two_daemons_sharing_one_mysql_table_catch_each_others_duplicates(
         for d in daemons:
             wait_until(lambda d=d: d.saw("scan_finished"), timeout=60, what="start-up")
         original = write_image(roots[0] / "original.jpg", seed=1, size=(96, 72))
-        stored = wait_until(lambda: reader.find_by_sha256(hashlib.sha256(original.read_bytes()).hexdigest()),
+        sha = hashlib.sha256(original.read_bytes()).hexdigest()
+        stored = wait_until(lambda: [c.row for c in reader.find_by_sha256([sha]).get(sha, [])],
                             what="server A's row")
         wait_until(lambda: scrape(daemons[1])["clipwatch_index_size"] >= 1, what="server B's index to sync")
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from clipwatch.embedder import Embedder
 from clipwatch.store import Store
-from conftest import Daemon, free_port, rows_under, run_cli, scrape, wait_until, write_image
+from conftest import Daemon, free_port, rows_under, run_cli, scrape, vector_at, wait_until, write_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,12 +41,12 @@ def expected_rows(root: Path) -> dict[str, str]:
 
 
 def stored_rows(store: Store, root: Path) -> dict[str, str]:
-    return {f.path: f.sha256 for f in store.iter_files(str(root))}
+    return {f.path: f.sha256 for f in store.iter_rows_under(str(root))}
 
 
 def assert_vectors_correct(store: Store, embedder: Embedder, paths: list[str]) -> None:
     for path in paths:
-        stored = store.get_vector(path)
+        stored = vector_at(store, path)
         fresh = embedder.embed_images([Image.open(path).convert("RGB")])[0]
         assert stored is not None and abs(float(np.linalg.norm(stored)) - 1) < 1e-5
         assert np.allclose(stored, fresh, atol=1e-4), path
@@ -114,7 +114,7 @@ def private_mysql(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.timeout(300)
 def test_mysql_restarted_mid_ingest_loses_nothing_and_duplicates_nothing(
         daemon_env: dict[str, str], tmp_path: Path, private_mysql, embedder: Embedder):
-    from clipwatch.config import load_config
+    from clipwatch.config_loader import load_config
     from clipwatch.store import open_store
 
     url, start_mysql, stop_mysql = private_mysql
@@ -306,7 +306,7 @@ def test_a_second_signal_exits_at_once_without_half_written_rows(daemon_env: dic
     rows = stored_rows(reader, root)
     expected = expected_rows(root)
     assert all(expected[p] == sha for p, sha in rows.items())  # whatever landed landed whole
-    assert all(reader.get_vector(p) is not None for p in rows)
+    assert all(vector_at(reader, p) is not None for p in rows)
 
 
 @pytest.mark.mysql

@@ -9,6 +9,7 @@ import pytest
 
 from clipwatch.errors import SchemaMismatch, StoreError
 from clipwatch.store import Delete, DeleteTree, Rename, Store, Touch, Upsert
+from conftest import vector_at
 
 HOSTILE_NAMES = [
     "/srv/img/plain.jpg",
@@ -38,14 +39,14 @@ def test_hostile_names_and_vectors_round_trip_exactly(store_url: str, open_test_
     for i, path in enumerate(HOSTILE_NAMES):
         assert rows[path].sha256 == f"{i:064x}"
         assert rows[path].mtime == 1_700_000_000.123456 + i  # exact, so scans can compare
-        assert np.array_equal(store.get_vector(path), unit(i))
+        assert np.array_equal(vector_at(store, path), unit(i))
 
 
 def test_vector_bytes_containing_percent_survive(store_url: str, open_test_store: Callable[..., Store]):
     vec = np.full(512, np.frombuffer(b"%%%%", dtype="<f4")[0], dtype=np.float32)  # every byte is 0x25
     store = open_test_store(store_url)
     store.apply([Upsert("/a/percent.jpg", "0" * 64, 1, 1.0, "m", vec)])
-    assert store.get_vector("/a/percent.jpg").tobytes() == vec.tobytes()
+    assert vector_at(store, "/a/percent.jpg").tobytes() == vec.tobytes()
 
 
 def test_upsert_same_path_updates_in_place(store_url: str, open_test_store: Callable[..., Store]):
@@ -56,7 +57,7 @@ def test_upsert_same_path_updates_in_place(store_url: str, open_test_store: Call
     second = store.get_many(["/a/x.jpg"])["/a/x.jpg"]
     assert second.id == first.id
     assert second.sha256 == f"{2:064x}"
-    assert np.array_equal(store.get_vector("/a/x.jpg"), unit(2))
+    assert np.array_equal(vector_at(store, "/a/x.jpg"), unit(2))
     assert sum(n for *_, n in store.status().counts) == 1
 
 
@@ -68,7 +69,7 @@ def test_rename_keeps_row_and_vector_and_replaces_target(store_url: str, open_te
     rows = store.get_many(["/a/x.jpg", "/a/y.jpg"])
     assert list(rows) == ["/a/y.jpg"]
     assert rows["/a/y.jpg"].id == before.id
-    assert np.array_equal(store.get_vector("/a/y.jpg"), unit(1))
+    assert np.array_equal(vector_at(store, "/a/y.jpg"), unit(1))
 
 
 def test_touch_changes_only_size_and_mtime(store_url: str, open_test_store: Callable[..., Store]):
@@ -77,7 +78,7 @@ def test_touch_changes_only_size_and_mtime(store_url: str, open_test_store: Call
     store.apply([Touch("/a/x.jpg", 4242, 1_800_000_000.5)])
     row = store.get_many(["/a/x.jpg"])["/a/x.jpg"]
     assert (row.size, row.mtime, row.sha256) == (4242, 1_800_000_000.5, f"{1:064x}")
-    assert np.array_equal(store.get_vector("/a/x.jpg"), unit(1))
+    assert np.array_equal(vector_at(store, "/a/x.jpg"), unit(1))
 
 
 def test_delete_tree_removes_only_that_directory(store_url: str, open_test_store: Callable[..., Store]):
@@ -86,7 +87,7 @@ def test_delete_tree_removes_only_that_directory(store_url: str, open_test_store
     store.apply([upsert(p, i) for i, p in enumerate(paths)])
     store.apply([DeleteTree("/r/d")])
     assert sorted(store.get_many(paths)) == sorted(["/r/d_other/c.jpg", "/r/d%/e.jpg", "/r/d.jpg", "/r/dd/f.jpg"])
-    assert sorted(f.path for f in store.iter_files("/r")) == sorted(store.get_many(paths))
+    assert sorted(f.path for f in store.iter_rows_under("/r")) == sorted(store.get_many(paths))
 
 
 def test_instances_sharing_a_table_do_not_see_each_others_paths(store_url: str, make_config, table: str):
@@ -136,7 +137,7 @@ def test_mysql_column_is_a_vector_of_the_model_dimension(open_test_store: Callab
 
     store = open_test_store(mysql_url())
     store.apply([upsert("/a/x.jpg", 7)])
-    rows = store._execute_plain(  # type: ignore[attr-defined]
+    rows = store._fetch(  # type: ignore[attr-defined]
         f"SELECT VECTOR_DIM(embedding), COLUMN_TYPE FROM `{table}`, "  # noqa: S608 - a name made by the fixture
                                 "information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
                                 "AND TABLE_NAME = %s AND COLUMN_NAME = 'embedding'", (table,))
@@ -153,4 +154,4 @@ def test_replaying_a_committed_batch_changes_nothing(store_url: str, open_test_s
     store.apply(batch)
     rows = store.get_many(["/a/x.jpg", "/a/y.jpg", "/a/z.jpg"])
     assert sorted(rows) == ["/a/y.jpg", "/a/z.jpg"]
-    assert np.array_equal(store.get_vector("/a/y.jpg"), unit(1))
+    assert np.array_equal(vector_at(store, "/a/y.jpg"), unit(1))

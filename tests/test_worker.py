@@ -16,7 +16,7 @@ from clipwatch.changes import Change
 from clipwatch.config import Config
 from clipwatch.embedder import Embedder
 from clipwatch.service import Service
-from conftest import write_image
+from conftest import vector_at, write_image
 
 
 class CountingEmbedder(Embedder):
@@ -56,7 +56,7 @@ class Harness:
         self.feed(*(Change("upsert", str(p)) for p in paths))
 
     def rows(self) -> dict[str, object]:
-        return {f.path: f for f in self.store.iter_files(str(self.root))}
+        return {f.path: f for f in self.store.iter_rows_under(str(self.root))}
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_the_next_batch_is_decoded_while_the_model_embeds_this_one(harness: Harn
                                                                   monkeypatch: pytest.MonkeyPatch):
     """The pipeline: files of batch 2 are read and decoded before batch 1's forward pass has ended."""
     events: list[tuple[str, float, str]] = []
-    real_load, real_embed = harness.worker.load, harness.embedder.embed_images
+    real_load, real_embed = harness.worker.batcher.load, harness.embedder.embed_images
 
     def load(path: str):  # type: ignore[no-untyped-def]
         events.append(("load", time.monotonic(), path))
@@ -89,7 +89,7 @@ def test_the_next_batch_is_decoded_while_the_model_embeds_this_one(harness: Harn
         events.append(("embedded", time.monotonic(), str(len(images))))
         return vectors
 
-    monkeypatch.setattr(harness.worker, "load", load)
+    monkeypatch.setattr(harness.worker.batcher, "load", load)
     monkeypatch.setattr(harness.embedder, "embed_images", slow_embed)
     files = [write_image(harness.root / f"p{i:02}.jpg", seed=i) for i in range(32)]
     harness.upsert(*files)
@@ -110,7 +110,7 @@ def test_rows_hold_sha256_unit_vectors_and_the_model(harness: Harness):
     row = harness.rows()[str(path)]
     assert row.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (row.size, row.mtime, row.model) == (path.stat().st_size, path.stat().st_mtime, "tiny-clip")
-    vec = harness.store.get_vector(str(path))
+    vec = vector_at(harness.store, str(path))
     assert vec.shape == (512,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
     assert np.allclose(vec, harness.embedder.embed_images([_rgb(path)])[0], atol=1e-5)
 
@@ -134,25 +134,25 @@ def test_new_content_is_re_embedded_in_place(harness: Harness):
     path = write_image(harness.root / "a.jpg", seed=1)
     harness.upsert(path)
     before = harness.rows()[str(path)]
-    old_vector = harness.store.get_vector(str(path))
+    old_vector = vector_at(harness.store, str(path))
     write_image(path, seed=2)
     harness.upsert(path)
     after = harness.rows()[str(path)]
     assert after.id == before.id and after.sha256 != before.sha256
-    assert not np.allclose(harness.store.get_vector(str(path)), old_vector)
+    assert not np.allclose(vector_at(harness.store, str(path)), old_vector)
 
 
 def test_move_keeps_the_row_and_its_vector_without_embedding(harness: Harness):
     src = write_image(harness.root / "a.jpg", seed=1)
     harness.upsert(src)
-    before, vector = harness.rows()[str(src)], harness.store.get_vector(str(src))
+    before, vector = harness.rows()[str(src)], vector_at(harness.store, str(src))
     (harness.root / "sub").mkdir()
     dest = harness.root / "sub" / "b.jpg"
     src.rename(dest)
     harness.feed(Change("move", str(src), str(dest)))
     rows = harness.rows()
     assert list(rows) == [str(dest)] and rows[str(dest)].id == before.id
-    assert np.array_equal(harness.store.get_vector(str(dest)), vector)
+    assert np.array_equal(vector_at(harness.store, str(dest)), vector)
     assert harness.embedder.calls == [1]
 
 

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
-Kind = Literal["upsert", "move", "delete", "delete_tree"]
-Source = Literal["event", "scan", "rescan"]
+from .vocab import ChangeKind, Source
 
 
 @dataclass(frozen=True)
 class Change:
-    """A file to (re)ingest, a rename, or a deletion, in the order it was observed.
+    """A file to (re)ingest, a rename, a deletion or a verdict to redo, in the order it was observed.
 
     upsert: `path` is complete and should have a row matching its content.
     move: `path` was renamed to `dest`; the row follows without re-embedding.
     delete: `path` is gone. delete_tree: the directory `path` is gone, with everything below it.
+    rejudge: the row at `path` was a duplicate of a row that is gone: judge its stored vector again.
     """
 
-    kind: Kind
+    kind: ChangeKind
     path: str
     dest: str = ""
-    source: Source = "event"
+    source: Source = Source.EVENT
     seen_at: float = field(default_factory=time.monotonic, compare=False)

@@ -1,9 +1,7 @@
 """The typed, frozen configuration: one TOML file, every key overridable from the environment.
 
-`load_config()` reads the file (``--config`` or ``CLIPWATCH_CONFIG``), applies
-``CLIPWATCH_<SECTION>__<KEY>`` environment variables, coerces every value to its declared type and
-validates it. Errors name the key and what was expected. Building the config does no heavy work:
-the model and the store are opened later, by the service.
+`config_loader.load_config()` builds it from the TOML file and the environment and validates it.
+Building the config does no heavy work: the model and the store are opened later, by the service.
 """
 
 from __future__ import annotations
@@ -11,16 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
-import tomllib
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
+from .vocab import Action
 
 ENV_PREFIX = "CLIPWATCH_"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -80,7 +75,7 @@ class IndexConfig:
 class DuplicatesConfig:
     enabled: bool = True
     threshold: float = 0.97
-    action: Literal["flag", "quarantine", "reject"] = "flag"
+    action: Action = Action.FLAG
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ class ProhibitedConfig:
     prompts: tuple[str, ...] = ()
     image_threshold: float = 0.90
     text_threshold: float = 0.30
-    action: Literal["flag", "quarantine", "reject"] = "quarantine"
+    action: Action = Action.QUARANTINE
     refresh_interval_s: float = 10.0
 
 
@@ -206,179 +201,7 @@ def _redact_url(url: str) -> str:
     return re.sub(r"(//[^/:@]*):[^@/]*@", r"\1:***@", url)
 
 
-# --- loading -------------------------------------------------------------------------------------
-
-SECTIONS: dict[str, type] = {
-    "watch": WatchConfig,
-    "model": ModelConfig,
-    "store": StoreConfig,
-    "index": IndexConfig,
-    "duplicates": DuplicatesConfig,
-    "prohibited": ProhibitedConfig,
-    "quarantine": QuarantineConfig,
-    "errors": ErrorsConfig,
-    "metrics": MetricsConfig,
-    "log": LogConfig,
-    "daemon": DaemonConfig,
-}
-
-
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file (if any), apply the environment, validate. Raises ConfigError."""
-    env = os.environ if env is None else env
-    path = path or env.get(ENV_PREFIX + "CONFIG") or None
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"config file {str(path)!r}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r}: not valid TOML ({exc})") from None
-    unknown = set(data) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}] in {path}; known: {', '.join(SECTIONS)}")
-    sections = {name: _build_section(name, cls, data.get(name, {}), env) for name, cls in SECTIONS.items()}
-    config = Config(**sections, source=str(path or ""))
-    return _validate(config)
-
-
-def _build_section(name: str, cls: type, raw: Any, env: Mapping[str, str]) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{name}]: expected a table of keys")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"{name}.{sorted(unknown)[0]}: unknown key; known keys: {', '.join(sorted(known))}")
-    values: dict[str, Any] = {}
-    for key in known:
-        env_name = f"{ENV_PREFIX}{name.upper()}__{key.upper()}"
-        if env_name in env:
-            values[key] = _coerce(f"{name}.{key}", hints[key], _parse_env(env[env_name]))
-        elif key in raw:
-            values[key] = _coerce(f"{name}.{key}", hints[key], raw[key])
-    return cls(**values)
-
-
-def _parse_env(text: str) -> Any:
-    """An environment value is read as a TOML value when it is one (``[...]``, ``true``, ``42``), else as text."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if hint is Secret:
-        if isinstance(value, str):
-            return Secret(value)
-        raise ConfigError(f"{key}: expected a string")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value in choices:
-            return value
-        raise ConfigError(f"{key}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):  # from the environment: comma-separated
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-    raise TypeError(f"{key}: unsupported type {hint!r}")  # a bug in this module, not in the config
-
-
-def _validate(config: Config) -> Config:
-    w, m, s, d = config.watch, config.model, config.store, config.daemon
-    _positive("watch.settle_ms", w.settle_ms, minimum=0)
-    _positive("watch.poll_interval_ms", w.poll_interval_ms, minimum=10)
-    _positive("watch.queue_size", w.queue_size, minimum=1)
-    _positive("watch.max_file_bytes", w.max_file_bytes, minimum=1)
-    _positive("model.batch_size", m.batch_size, minimum=1)
-    _positive("model.max_wait_ms", m.max_wait_ms, minimum=0)
-    _positive("index.approximate_above", config.index.approximate_above, minimum=0)
-    _positive("index.nprobe", config.index.nprobe, minimum=1)
-    _positive("model.threads", m.threads, minimum=0)
-    _positive("model.decode_workers", m.decode_workers, minimum=0)
-    _positive("model.max_image_pixels", m.max_image_pixels, minimum=1)
-    _positive("store.connect_timeout_s", s.connect_timeout_s, minimum=1)
-    if d.shutdown_timeout_s <= 0:
-        raise ConfigError(f"daemon.shutdown_timeout_s: expected a number > 0, got {d.shutdown_timeout_s}")
-    if not w.extensions:
-        raise ConfigError("watch.extensions: expected at least one file extension")
-    if not IDENTIFIER.match(s.table):
-        raise ConfigError(f"store.table: expected a plain SQL identifier (letters, digits, _; at most 64), "
-                          f"got {s.table!r}")
-    if not m.name:
-        raise ConfigError("model.name: expected a model id (e.g. clip-ViT-B-32) or a local directory")
-    _parse_listen(config.metrics.listen)
-    config.store_url  # noqa: B018 - parses store.url now, so that a bad URL fails at start
-    _unit_interval("duplicates.threshold", config.duplicates.threshold)
-    _unit_interval("prohibited.image_threshold", config.prohibited.image_threshold)
-    _unit_interval("prohibited.text_threshold", config.prohibited.text_threshold)
-    for key, seconds in (("index.sync_interval_s", config.index.sync_interval_s),
-                         ("prohibited.refresh_interval_s", config.prohibited.refresh_interval_s),
-                         ("watch.rescan_interval_s", w.rescan_interval_s)):
-        if seconds <= 0:
-            raise ConfigError(f"{key}: expected a number of seconds > 0, got {seconds}")
-    paths = tuple(_absolute(p) for p in w.paths)
-    exts = tuple(e.lower().lstrip(".") for e in w.extensions)
-    data_dir = _absolute(d.data_dir or default_data_dir())
-    quarantine = _absolute(config.quarantine.dir or os.path.join(data_dir, "quarantine"))
-    reference_dir = _absolute(config.prohibited.reference_dir) if config.prohibited.reference_dir else ""
-    bad_files = _absolute(config.errors.quarantine_dir) if config.errors.quarantine_dir else ""
-    for key, inner in (("quarantine.dir", quarantine), ("prohibited.reference_dir", reference_dir),
-                       ("errors.quarantine_dir", bad_files)):
-        for root in paths:
-            if inner and (inner == root or inner.startswith(root.rstrip(os.sep) + os.sep)):
-                raise ConfigError(f"{key}: {inner!r} is inside the watched directory {root!r}; its files would "
-                                  "be ingested as uploads. Put it outside every watch.paths entry")
-    return dataclasses.replace(
-        config,
-        watch=dataclasses.replace(w, paths=paths, extensions=exts),
-        store=dataclasses.replace(s, instance=s.instance or socket.gethostname()),
-        daemon=dataclasses.replace(d, data_dir=data_dir),
-        quarantine=QuarantineConfig(dir=quarantine),
-        prohibited=dataclasses.replace(config.prohibited, reference_dir=reference_dir),
-        errors=ErrorsConfig(quarantine_dir=bad_files),
-    )
-
-
-def _absolute(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def _unit_interval(key: str, value: float) -> None:
-    if not -1.0 <= value <= 1.0:
-        raise ConfigError(f"{key}: expected a cosine similarity between -1 and 1, got {value}")
-
-
-def _positive(key: str, value: int, minimum: int) -> None:
-    if value < minimum:
-        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value}")
-
-
-def _parse_listen(listen: str) -> tuple[str, int] | None:
+def parse_listen(listen: str) -> tuple[str, int] | None:
     if not listen:
         return None
     host, sep, port = listen.rpartition(":")
@@ -389,7 +212,7 @@ def _parse_listen(listen: str) -> tuple[str, int] | None:
 
 def metrics_address(config: Config) -> tuple[str, int] | None:
     """(host, port) of the metrics endpoint, or None when metrics.listen is empty."""
-    return _parse_listen(config.metrics.listen)
+    return parse_listen(config.metrics.listen)
 
 
 def default_data_dir() -> str:
@@ -400,4 +223,4 @@ def default_data_dir() -> str:
     return os.path.join(base, "clipwatch")
 
 
-__all__ = ["Config", "ConfigError", "Secret", "StoreURL", "load_config", "metrics_address"]
+__all__ = ["Config", "ConfigError", "Secret", "StoreURL", "metrics_address"]

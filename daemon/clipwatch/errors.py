@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .vocab import FILE_REASONS, Reason
+
 
 class ClipwatchError(Exception):
     """Base class: an error clipwatch reports to the user with a clear message."""
@@ -16,7 +18,8 @@ class ModelLoadError(ClipwatchError):
 
 
 class StoreError(ClipwatchError):
-    """The vector store could not be reached or refused an operation."""
+    """The vector store could not be reached or refused an operation. Every driver error becomes one
+    (`SQLStore._guard`), so that callers retry exactly one exception type."""
 
 
 class SchemaMismatch(StoreError):
@@ -24,22 +27,10 @@ class SchemaMismatch(StoreError):
 
 
 class FileRejected(ClipwatchError):
-    """One file cannot be ingested. `reason` is one of REASONS (a metric label); the message says why."""
+    """One file cannot be ingested. `reason` is a metric label; the message says why."""
 
-    REASONS = (
-        "not_found",
-        "not_a_file",
-        "empty",
-        "too_large",
-        "unreadable",
-        "bad_name",
-        "not_an_image",
-        "decode_error",
-        "too_many_pixels",
-        "embed_error",
-    )
-
-    def __init__(self, reason: str, message: str) -> None:
-        assert reason in self.REASONS, reason
+    def __init__(self, reason: Reason, message: str) -> None:
+        if reason not in FILE_REASONS:
+            raise ValueError(f"{reason!r} is not a reason to refuse a file")
         super().__init__(message)
         self.reason = reason

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import FileRejected
+from .vocab import Reason
 
 
 class PathFilter:
@@ -73,51 +74,65 @@ class FileBytes:
     sha256: str
 
 
-def check_name(path: str) -> None:
-    """Refuse names a store cannot hold exactly (bytes that are not UTF-8, NUL)."""
+def name_problem(path: str) -> FileRejected | None:
+    """Why the store cannot hold this name exactly (bytes that are not UTF-8), or None."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        raise FileRejected("bad_name", "the file name is not valid UTF-8; the store keeps names as UTF-8 "
-                                       "text, so it is skipped rather than stored under another name") from None
+        return FileRejected(Reason.BAD_NAME, "the file name is not valid UTF-8; the store keeps names as UTF-8 "
+                                             "text, so it is skipped rather than stored under another name")
+    return None
+
+
+def check_name(path: str) -> None:
+    """Refuse names a store cannot hold exactly."""
+    problem = name_problem(path)
+    if problem is not None:
+        raise problem
 
 
 def read_file(path: str, max_bytes: int) -> FileBytes:
     """Read a whole regular file and hash its bytes. Nothing that is not a regular file is ever opened
     (opening a FIFO blocks, opening a device can act on it), and a symbolic link is never followed."""
     check_name(path)
-    try:
-        before = os.lstat(path)
-    except FileNotFoundError:
-        raise FileRejected("not_found", "the file disappeared before it could be read") from None
-    except OSError as exc:
-        raise FileRejected("unreadable", f"cannot look at it: {exc.strerror}") from None
-    if stat.S_ISLNK(before.st_mode):
-        raise FileRejected("not_a_file", "it is a symbolic link; links are not followed")
-    if not stat.S_ISREG(before.st_mode):
-        raise FileRejected("not_a_file", "it is not a regular file (a directory, FIFO, socket or device)")
-    if before.st_size > max_bytes:
-        raise FileRejected("too_large", f"{before.st_size} bytes is over watch.max_file_bytes = {max_bytes}")
+    before = _look(path, max_bytes)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise FileRejected("not_found", "the file disappeared before it could be read") from None
+        raise FileRejected(Reason.NOT_FOUND, "the file disappeared before it could be read") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise FileRejected("not_a_file", "it is a symbolic link; links are not followed") from None
-        raise FileRejected("unreadable", f"cannot open it: {exc.strerror}") from None
+            raise FileRejected(Reason.NOT_A_FILE, "it is a symbolic link; links are not followed") from None
+        raise FileRejected(Reason.UNREADABLE, f"cannot open it: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISREG(st.st_mode):
-            raise FileRejected("not_found", "it was replaced while being opened; the new file comes next")
+            raise FileRejected(Reason.NOT_FOUND, "it was replaced while being opened; the new file comes next")
         if st.st_size == 0:
-            raise FileRejected("empty", "the file is empty (0 bytes)")
+            raise FileRejected(Reason.EMPTY, "the file is empty (0 bytes)")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(max_bytes + 1)
     except OSError as exc:
-        raise FileRejected("unreadable", f"cannot read it: {exc.strerror}") from None
+        raise FileRejected(Reason.UNREADABLE, f"cannot read it: {exc.strerror}") from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise FileRejected("too_large", f"it grew over watch.max_file_bytes = {max_bytes} while being read")
+        raise FileRejected(Reason.TOO_LARGE, f"it grew over watch.max_file_bytes = {max_bytes} while being read")
     return FileBytes(path, data, len(data), st.st_mtime, hashlib.sha256(data).hexdigest())
+
+
+def _look(path: str, max_bytes: int) -> os.stat_result:
+    """What is at `path`, without opening it: refused unless a regular file within the size limit."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise FileRejected(Reason.NOT_FOUND, "the file disappeared before it could be read") from None
+    except OSError as exc:
+        raise FileRejected(Reason.UNREADABLE, f"cannot look at it: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise FileRejected(Reason.NOT_A_FILE, "it is a symbolic link; links are not followed")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRejected(Reason.NOT_A_FILE, "it is not a regular file (a directory, FIFO, socket or device)")
+    if st.st_size > max_bytes:
+        raise FileRejected(Reason.TOO_LARGE, f"{st.st_size} bytes is over watch.max_file_bytes = {max_bytes}")
+    return st

@@ -31,7 +31,7 @@ HealthHandler = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         """Requests are not logged: a scrape every few seconds would drown the log."""
 
 
@@ -47,7 +47,8 @@ class HTTPServer:
             if environ.get("PATH_INFO") == "/healthz" and self._health is not None:
                 healthy, body = self._health()
                 return _json(start_response, "200 OK" if healthy else "503 Service Unavailable", body)
-            return metrics_app(environ, start_response)
+            metrics: Iterable[bytes] = metrics_app(environ, start_response)
+            return metrics
 
         server_class = type("Server", (ThreadingWSGIServer,), {
             "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FileRejected
+from .vocab import Reason
 
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
@@ -46,19 +47,20 @@ def decode_image(data: bytes, max_pixels: int, draft: int = 0) -> Image.Image:
     except FileRejected:
         raise
     except UnidentifiedImageError:
-        raise FileRejected("not_an_image", "not an image file Pillow can read") from None
+        raise FileRejected(Reason.NOT_AN_IMAGE, "not an image file Pillow can read") from None
     except Image.DecompressionBombError as exc:
-        raise FileRejected("too_many_pixels", str(exc)) from None
+        raise FileRejected(Reason.TOO_MANY_PIXELS, str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise FileRejected("decode_error", f"broken image data: {exc}") from None
+        raise FileRejected(Reason.DECODE_ERROR, f"broken image data: {exc}") from None
     except Exception as exc:  # hostile files reach odd corners of the decoders (struct.error, IndexError...)
-        raise FileRejected("decode_error", f"broken image data ({type(exc).__name__}: {exc})") from None
+        raise FileRejected(Reason.DECODE_ERROR, f"broken image data ({type(exc).__name__}: {exc})") from None
 
 
 def _check_pixels(img: Image.Image, max_pixels: int) -> None:
     width, height = img.size
     if width * height > max_pixels:
-        raise FileRejected("too_many_pixels", f"{width}x{height} pixels is over model.max_image_pixels = {max_pixels}")
+        raise FileRejected(Reason.TOO_MANY_PIXELS,
+                           f"{width}x{height} pixels is over model.max_image_pixels = {max_pixels}")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

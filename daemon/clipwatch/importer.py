@@ -8,12 +8,12 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from .errors import FileRejected
-from .files import check_name
+from .files import name_problem
 from .logs import get_logger
+from .planner import Entry
 from .search import BadLine, ImportLine, read_import_lines
 from .service import Service
-from .worker import Item
+from .vocab import Result, Status
 
 log = get_logger(__name__)
 
@@ -31,17 +31,17 @@ class ImportSummary:
 def import_file(service: Service, source: str | TextIO) -> ImportSummary:
     assert service.worker is not None and service.embedder.dimension
     summary = ImportSummary()
-    stream = open(source, encoding="utf-8") if isinstance(source, str) else source  # noqa: SIM115
+    stream = open(source, encoding="utf-8") if isinstance(source, str) else source
     try:
-        batch: list[Item] = []
+        batch: list[Entry] = []
         for line in read_import_lines(stream, service.embedder.dimension):
             summary.lines += 1
-            item = _item(line, service.embedder.identity) if isinstance(line, ImportLine) else line
-            if isinstance(item, BadLine):
+            entry = _entry(line, service.embedder.identity) if isinstance(line, ImportLine) else line
+            if isinstance(entry, BadLine):
                 summary.bad += 1
-                print(f"line {item.number}: {item.reason}", file=sys.stderr)
+                print(f"line {entry.number}: {entry.reason}", file=sys.stderr)
                 continue
-            batch.append(item)
+            batch.append(entry)
             if len(batch) == service.config.model.batch_size:
                 _flush(service, batch, summary)
         _flush(service, batch, summary)
@@ -51,11 +51,10 @@ def import_file(service: Service, source: str | TextIO) -> ImportSummary:
     return summary
 
 
-def _item(line: ImportLine, default_model: str) -> Item | BadLine:
-    try:
-        check_name(line.path)
-    except FileRejected as exc:
-        return BadLine(line.number, str(exc))
+def _entry(line: ImportLine, default_model: str) -> Entry | BadLine:
+    problem = name_problem(line.path)
+    if problem is not None:
+        return BadLine(line.number, str(problem))
     size, mtime, sha = 0, 0.0, line.sha256 or ""
     on_disk = os.path.isfile(line.path) and not os.path.islink(line.path)
     if on_disk:  # the file is here: record what a scan would, so a scan finds the row up to date
@@ -64,17 +63,19 @@ def _item(line: ImportLine, default_model: str) -> Item | BadLine:
         if not sha:
             with open(line.path, "rb") as f:
                 sha = hashlib.file_digest(f, "sha256").hexdigest()
-    return Item(line.path, sha, size, mtime, line.model or default_model, vector=line.vector, on_disk=on_disk)
+    return Entry(line.number, line.path, sha, size, mtime, line.model or default_model, vector=line.vector,
+                 on_disk=on_disk)
 
 
-def _flush(service: Service, batch: list[Item], summary: ImportSummary) -> None:
+def _flush(service: Service, batch: list[Entry], summary: ImportSummary) -> None:
     if not batch:
         return
     assert service.worker is not None
-    plan = service.worker.import_vectors(list(batch))
-    summary.imported += plan.counts["embedded"]
-    summary.rejected += plan.counts["rejected"]
-    for item in batch:
-        summary.duplicate += item.verdict.status == "duplicate"
-        summary.prohibited += item.verdict.status == "prohibited"
+    committed = service.worker.import_entries(batch)
     batch.clear()
+    if committed is None:
+        return
+    summary.imported += committed.counts[Result.EMBEDDED]
+    summary.rejected += committed.counts[Result.REJECTED]
+    summary.duplicate += committed.flagged[Status.DUPLICATE]
+    summary.prohibited += committed.flagged[Status.PROHIBITED]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -204,28 +204,30 @@ class VectorIndex:
             row = self._row_of.get(row_id)
             return None if row is None else self._vectors[row].copy()
 
-    def search(self, query: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+    def search(self, query: np.ndarray, k: int = 5, exclude: Collection[int] = ()) -> list[tuple[int, float]]:
         """The k stored rows most similar to `query` (a unit vector), best first: (id, cosine)."""
-        return self.search_many(np.asarray(query, dtype=np.float32).reshape(1, self.dimension), k)[0]
+        return self.search_many(np.asarray(query, dtype=np.float32).reshape(1, self.dimension), k, exclude)[0]
 
-    def search_many(self, queries: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
-        """`search` for each row of `queries` (m, dimension), in one pass over the stored vectors."""
+    def search_many(self, queries: np.ndarray, k: int = 5,
+                    exclude: Collection[int] = ()) -> list[list[tuple[int, float]]]:
+        """`search` for each row of `queries` (m, dimension), in one pass over the stored vectors. Rows whose
+        id is in `exclude` are never answered (a file's own earlier version, rows rewritten or deleted by
+        the batch being judged)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dimension)
         m = len(queries)
         with self._lock:
             n = len(self._row_of)
-            if n == 0 or k <= 0 or m == 0:
+            skip = np.asarray(sorted(self._row_of[i] for i in exclude if i in self._row_of), dtype=np.int64)
+            k = min(k, n - len(skip))
+            if k <= 0 or m == 0:
                 return [[] for _ in range(m)]
-            k = min(k, n)
             if self._ann is not None and k <= CANDIDATES:
-                return self._search_approximate(queries, k)
+                return self._search_approximate(queries, k, skip)
             if k == 1:  # the duplicate check: a running argmax, no partial sorts
-                return self._nearest_exact(queries, n)
+                return self._nearest_exact(queries, n, skip)
             best_scores = np.full((m, 0), -np.inf, dtype=np.float32)
             best_rows = np.zeros((m, 0), dtype=np.int64)
-            for start in range(0, n, BLOCK_ROWS):
-                block = self._vectors[start:min(start + BLOCK_ROWS, n)]
-                scores = queries @ block.T  # (m, rows in block)
+            for start, scores in self._scored_blocks(queries, n, skip):
                 if k < scores.shape[1]:
                     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
                 else:
@@ -239,40 +241,44 @@ class VectorIndex:
             order = np.argsort(-best_scores, axis=1, kind="stable")
             best_scores = np.take_along_axis(best_scores, order, 1)
             best_ids = self._ids[np.take_along_axis(best_rows, order, 1)]
-        return [[(int(i), float(sc)) for i, sc in zip(ids, scores, strict=True)]
+        return [[(int(i), float(sc)) for i, sc in zip(ids, scores, strict=True) if sc > -np.inf]
                 for ids, scores in zip(best_ids, best_scores, strict=True)]
 
-    def _nearest_exact(self, queries: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
+    def _scored_blocks(self, queries: np.ndarray, n: int, skip: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, scores of every query against the block), block by block; skipped rows score -inf."""
+        for start in range(0, n, BLOCK_ROWS):
+            end = min(start + BLOCK_ROWS, n)
+            scores = queries @ self._vectors[start:end].T
+            inside = skip[(skip >= start) & (skip < end)]
+            if len(inside):
+                scores[:, inside - start] = -np.inf
+            yield start, scores
+
+    def _nearest_exact(self, queries: np.ndarray, n: int, skip: np.ndarray) -> list[list[tuple[int, float]]]:
         """The best row of each query over the first n rows, block by block (lock held)."""
         m = len(queries)
         best = np.full(m, -np.inf, dtype=np.float32)
         best_rows = np.zeros(m, dtype=np.int64)
         everyone = np.arange(m)
-        for start in range(0, n, BLOCK_ROWS):
-            scores = queries @ self._vectors[start:min(start + BLOCK_ROWS, n)].T
+        for start, scores in self._scored_blocks(queries, n, skip):
             top = scores.argmax(axis=1)
             top_scores = scores[everyone, top]
             better = top_scores > best
             best[better], best_rows[better] = top_scores[better], top[better] + start
-        return [[(int(self._ids[r]), float(sc))] for r, sc in zip(best_rows, best, strict=True)]
+        return [[(int(self._ids[r]), float(sc))] if sc > -np.inf else [] for r, sc in zip(best_rows, best, strict=True)]
 
-    def _search_approximate(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    def _search_approximate(self, queries: np.ndarray, k: int, skip: np.ndarray) -> list[list[tuple[int, float]]]:
         """Candidates from the approximate index, re-scored exactly against the matrix (lock held)."""
         assert self._ann is not None
+        skipped = set(skip.tolist())
         results = []
         for query, candidates in zip(queries, self._ann.candidates(queries, CANDIDATES), strict=True):
-            rows = np.asarray([self._row_of[i] for i in candidates.tolist() if i in self._row_of], dtype=np.int64)
+            rows = np.asarray([r for r in (self._row_of.get(i) for i in candidates.tolist())
+                               if r is not None and r not in skipped], dtype=np.int64)
             scores = self._vectors[rows] @ query
             top = np.argsort(-scores, kind="stable")[:k]
             results.append([(int(self._ids[rows[j]]), float(scores[j])) for j in top])
         return results
-
-    def nearest(self, query: np.ndarray) -> tuple[int, float] | None:
-        best = self.search(query, 1)
-        return best[0] if best else None
-
-    def nearest_many(self, queries: np.ndarray) -> list[tuple[int, float] | None]:
-        return [hits[0] if hits else None for hits in self.search_many(queries, 1)]
 
     def _reserve_for(self, rows: int) -> None:
         if rows > len(self._ids):

@@ -13,7 +13,9 @@ would overflow behind it), so an event that finds the queue full is dropped, cou
 requested, which finds the file again once the queue has room.
 
 The intake also remembers files the worker refused (a broken image, say) with their size and mtime,
-so that rescans do not try them again until they change.
+so that rescans do not try them again until they change. That memory is bounded: at most REFUSED_MAX
+files (the oldest is forgotten first, and merely tried once more), and each rescan forgets files that
+changed or are gone (`prune_refused`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from .changes import Change, Source
+from .changes import Change
 from .metrics import Metrics
+from .vocab import ChangeKind, Source
+
+REFUSED_MAX = 100_000
 
 
 @dataclass
@@ -46,7 +52,7 @@ class Intake:
         self.metrics = metrics
         self.metrics.queue_capacity.set(capacity)
         self._pending: dict[str, _Pending] = {}
-        self._refused: dict[str, tuple[int, int]] = {}
+        self._refused: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.closed = threading.Event()
         self.rescan_wanted = threading.Event()
@@ -57,12 +63,12 @@ class Intake:
         """A change that needs no waiting (a close-after-write, a rename, a delete), from the watcher."""
         with self._lock:
             waiting = self._pending.pop(change.path, None)
-            if change.kind == "move" and waiting is not None:
+            if change.kind == ChangeKind.MOVE and waiting is not None:
                 # Renamed while still being written: keep waiting under the new name, and drop any row
                 # of the old name (its content was being replaced anyway).
                 self._pending[change.dest] = waiting
-                change = Change("delete", change.path, source=change.source)
-            elif change.kind == "delete_tree":
+                change = Change(ChangeKind.DELETE, change.path, source=change.source)
+            elif change.kind == ChangeKind.DELETE_TREE:
                 prefix = change.path.rstrip(os.sep) + os.sep
                 for p in [p for p in self._pending if p.startswith(prefix)]:
                     del self._pending[p]
@@ -79,11 +85,11 @@ class Intake:
         self.metrics.queue_depth.set(self.queue.qsize())
         return True
 
-    def wait_for_close(self, path: str, source: Source = "event") -> None:
+    def wait_for_close(self, path: str, source: Source = Source.EVENT) -> None:
         with self._lock:
             self._pending[path] = _Pending(wait_close=True, source=source)
 
-    def wait_for_settle(self, path: str, source: Source = "event") -> None:
+    def wait_for_settle(self, path: str, source: Source = Source.EVENT) -> None:
         with self._lock:
             current = self._pending.get(path)
             if current is None or not current.wait_close or current.delete_at is not None:
@@ -94,7 +100,7 @@ class Intake:
         watchdog adds one). Its row is deleted after twice the settle time, unless the path reappears;
         meanwhile the worker can recognise the file by content at its new name and keep the row."""
         with self._lock:
-            self._pending[path] = _Pending(wait_close=False, source="event",
+            self._pending[path] = _Pending(wait_close=False, source=Source.EVENT,
                                            delete_at=time.monotonic() + max(2 * self.settle_s, 1.0))
 
     def put(self, change: Change) -> bool:
@@ -123,7 +129,7 @@ class Intake:
                 if p.delete_at is not None:
                     if now >= p.delete_at:
                         del self._pending[path]
-                        due.append(Change("delete", path, source=p.source))
+                        due.append(Change(ChangeKind.DELETE, path, source=p.source))
                     continue
                 if p.wait_close:
                     continue
@@ -134,7 +140,7 @@ class Intake:
                     p.signature, p.stable_since = sig, now
                 elif now - p.stable_since >= self.settle_s:
                     del self._pending[path]
-                    due.append(Change("upsert", path, source=p.source))
+                    due.append(Change(ChangeKind.UPSERT, path, source=p.source))
         for change in due:
             self.offer(change)
         return len(due)
@@ -148,11 +154,28 @@ class Intake:
             return
         with self._lock:
             self._refused[path] = (st.st_size, st.st_mtime_ns)
+            self._refused.move_to_end(path)
+            while len(self._refused) > REFUSED_MAX:
+                self._refused.popitem(last=False)
 
     def refused_unchanged(self, path: str, size: int, mtime_ns: int) -> bool:
         """True if the worker refused this file and it has not changed since."""
         with self._lock:
             return self._refused.get(path) == (size, mtime_ns)
+
+    def refused_count(self) -> int:
+        with self._lock:
+            return len(self._refused)
+
+    def prune_refused(self) -> int:
+        """Forget refused files that changed or are gone (they are tried again). Returns how many."""
+        with self._lock:
+            remembered = list(self._refused.items())
+        gone = [path for path, signature in remembered if _signature(path) != signature]
+        with self._lock:
+            for path in gone:
+                self._refused.pop(path, None)
+        return len(gone)
 
     def run_settle_loop(self) -> None:
         interval = min(max(self.settle_s / 4, 0.02), 0.5)

@@ -6,19 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
 from .errors import FileRejected
+from .vocab import REASON_STAGE, TIMED_STAGES, Action, Reason, Result, Source, Stage, Status
 
-SOURCES = ("event", "scan", "rescan")
-RESULTS = ("embedded", "unchanged", "moved", "deleted", "failed", "rejected")
-STAGES = ("read", "decode", "embed", "check", "write")
-VERDICTS = ("duplicate", "prohibited")
-ACTIONS = ("flag", "quarantine", "reject")
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)
-ERROR_STAGES = {"read": ("not_found", "not_a_file", "empty", "too_large", "unreadable", "bad_name"),
-                "decode": ("not_an_image", "decode_error", "too_many_pixels"),
-                "embed": ("embed_error",),
-                "store": ("store_error",),
-                "worker": ("unexpected",),
-                "watch": ("inotify_limit", "root_missing")}
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -75,23 +65,26 @@ class Metrics:
         self.index_size = Gauge("clipwatch_index_size", "Vectors in the in-memory similarity index", registry=r)
         self.references = Gauge("clipwatch_prohibited_references", "Prohibited reference images and prompts",
                                 registry=r)
-        for kind in VERDICTS:
-            for action in ACTIONS:
+        self.sync_success = Gauge("clipwatch_index_sync_last_success_timestamp_seconds",
+                                  "Unix time of the last index sync round that reached the store", registry=r)
+        for kind in (Status.DUPLICATE, Status.PROHIBITED):
+            for action in Action:
                 self.verdicts.labels(kind, action)
-        for s in SOURCES:
-            self.discovered.labels(s)
-        for res in RESULTS:
-            self.processed.labels(res)
-        for st in STAGES:
-            self.stage_seconds.labels(st)
-        for stage, reasons in ERROR_STAGES.items():
-            for reason in reasons:
-                self.errors.labels(stage, reason)
+        for source in Source:
+            self.discovered.labels(source)
+        for result in Result:
+            self.processed.labels(result)
+        for stage in TIMED_STAGES:
+            self.stage_seconds.labels(stage)
+        for reason, stage in REASON_STAGE.items():
+            self.errors.labels(stage, reason)
+
+    def error(self, stage: Stage, reason: Reason) -> None:
+        self.errors.labels(stage, reason).inc()
 
     def rejected(self, exc: FileRejected) -> None:
-        stage = next((s for s, reasons in ERROR_STAGES.items() if exc.reason in reasons), "read")
-        self.errors.labels(stage, exc.reason).inc()
-        self.processed.labels("failed").inc()
+        self.error(REASON_STAGE[exc.reason], exc.reason)
+        self.processed.labels(Result.FAILED).inc()
 
-    def processed_count(self, result: str) -> int:
+    def processed_count(self, result: Result) -> int:
         return int(self.registry.get_sample_value("clipwatch_files_processed_total", {"result": result}) or 0)

@@ -108,14 +108,17 @@ class References:
                 entry[2] = vector
             pending.clear()
 
-    def match(self, vector: np.ndarray) -> ReferenceMatch | None:
+    def match(self, vector: np.ndarray, skip: frozenset[str] = frozenset()) -> ReferenceMatch | None:
         """The reference `vector` is closest to among those above their threshold; the largest margin over
-        its own threshold wins (image-to-image and text-to-image similarities live on different scales)."""
+        its own threshold wins (image-to-image and text-to-image similarities live on different scales).
+        References whose label is in `skip` (dismissed for this file) are not considered."""
         best: tuple[float, ReferenceMatch] | None = None
         for kind, ref in (("image", self._images), ("text", self._texts)):
             if not ref.labels:
                 continue
             scores = ref.vectors @ vector
+            if skip:
+                scores = np.where([label in skip for label in ref.labels], -np.inf, scores)
             i = int(np.argmax(scores))
             score = float(scores[i])
             if score >= ref.threshold and (best is None or score - ref.threshold > best[0]):

@@ -70,13 +70,15 @@ def query_vector(request: dict[str, Any], dimension: int, embedder: Callable[[],
     if kinds == ["text"]:
         if not isinstance(request["text"], str) or not request["text"].strip():
             raise BadVector("text: expected a non-empty string")
-        return embedder().embed_texts([request["text"]])[0]
+        text_vector: np.ndarray = embedder().embed_texts([request["text"]])[0]
+        return text_vector
     try:
         data = base64.b64decode(request["image"], validate=True)
     except (ValueError, TypeError):
         raise BadVector("image: expected the image file's bytes in base64") from None
     model = embedder()
-    return model.embed_images([model.prepare(data, max_image_pixels)])[0]
+    image_vector: np.ndarray = model.embed_images([model.prepare(data, max_image_pixels)])[0]
+    return image_vector
 
 
 def search_top(request: dict[str, Any]) -> int:

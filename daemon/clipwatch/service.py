@@ -18,23 +18,26 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from .changes import Source
-from .checker import Checker
+from . import quarantine
 from .config import Config, metrics_address
+from .decisions import Decisions
 from .embedder import Embedder
 from .errors import ConfigError, StoreError
 from .files import PathFilter
+from .health import Health
 from .httpapi import HTTPServer
 from .index import VectorIndex
 from .intake import Intake
+from .judge import Judge
 from .logs import get_logger
 from .metrics import Metrics
 from .notify import Notifier
 from .references import References
-from .scanner import ScanCounts, reconcile
+from .scanner import ScanCounts, reconcile, repair_verdicts
 from .search import query_vector, search_top
 from .store import Store, open_store
 from .sync import IndexSync, load_index
+from .vocab import Source
 from .watcher import Watcher
 from .worker import Worker
 
@@ -50,11 +53,14 @@ class Service:
         self.paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
         self.embedder = embedder or Embedder.from_config(config.model)
         self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
+        self.store_health = Health(self.metrics, config.index.sync_interval_s)
+        self.decisions = Decisions()
         self.stop_event = threading.Event()
         self.notifier = Notifier()
         self.store: Store | None = None
         self.worker: Worker | None = None
         self.index: VectorIndex | None = None
+        self.references: References | None = None
         self.sync: IndexSync | None = None
         self._sync_from = datetime.min
         self.scan_counts = ScanCounts()
@@ -81,7 +87,8 @@ class Service:
 
     def open(self, watching: bool = True) -> None:
         """Check the roots (`watching`: not for `clipwatch import`), connect to the store, load the model,
-        create the table if missing, load the similarity index and the prohibited references."""
+        create the table if missing, finish the file moves a crash interrupted, load the similarity index,
+        the decisions and the prohibited references."""
         for root in self.config.watch.paths if watching else ():
             if not os.path.isdir(root):
                 raise ConfigError(f"watch.paths: {root!r} is not an existing directory")
@@ -97,6 +104,8 @@ class Service:
             log.info("table_created", store=self.store.location(), table=self.config.store.table,
                      dimension=self.embedder.dimension)
         self._warn_foreign_rows()
+        quarantine.recover(self.store)  # before the index is loaded and before any scan sees the files
+        self.decisions.refresh(self.store)
         started = time.monotonic()
         self.notifier.extend_timeout(START_STEP_S)
         self.notifier.status("loading the similarity index")
@@ -107,9 +116,10 @@ class Service:
         references = References(self.config, self.embedder)
         references.load()
         self.metrics.references.set(len(references))
-        checker = Checker(self.config, self.index, references)
+        self.references = references
+        judge = Judge(self.config, self.embedder.identity, self.index, references, self.decisions)
         self.worker = Worker(self.config, self.intake, self.store, self.embedder, self.paths, self.metrics,
-                             self.index, checker, self.notifier)
+                             self.index, judge, self.store_health, self.notifier)
         self._sync_from = since  # where IndexSync starts, in run()
         address = metrics_address(self.config)
         if address and watching:
@@ -129,11 +139,12 @@ class Service:
     def run(self, handle_signals: bool = True) -> int:
         """The daemon: watch, scan, process until SIGTERM/SIGINT (or `stop_event`), rescanning every
         watch.rescan_interval_s; then stop gracefully. Returns 0."""
-        assert self.worker is not None and self.index is not None
+        assert self.worker is not None and self.index is not None and self.references is not None
         # Only the daemon follows other instances: its own connection, opened here (not for scan or import).
         self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, self._sync_from,
-                              self.config.index.sync_interval_s, self.worker.checker.references,
-                              self.config.prohibited.refresh_interval_s, self.metrics)
+                              self.config.index.sync_interval_s, self.references,
+                              self.config.prohibited.refresh_interval_s, self.metrics, self.store_health,
+                              self.decisions)
         if handle_signals and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._install_signal_handlers()
         self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
@@ -163,10 +174,11 @@ class Service:
     def _scan_loop(self) -> None:
         """The start-up scan, then a rescan every watch.rescan_interval_s, or sooner when the queue had to
         drop events; each first puts back the watch of any root that disappeared and came back."""
-        source: Source = "scan"
+        source = Source.SCAN
         while not self.stop_event.is_set():
             self._scan_all(source=source)
-            source = "rescan"
+            source = Source.RESCAN
+            self.intake.prune_refused()
             self.intake.rescan_wanted.wait(self.config.watch.rescan_interval_s)
             if self.intake.rescan_wanted.is_set():
                 self.intake.rescan_wanted.clear()
@@ -196,7 +208,9 @@ class Service:
             self.close()
         return self.scan_counts
 
-    def _scan_all(self, settle: bool = True, source: Source = "scan") -> None:
+    def _scan_all(self, settle: bool = True, source: Source = Source.SCAN) -> None:
+        """Reconcile every root, then queue the verdicts whose matched row is gone. `settle` False: a
+        one-shot scan, which takes a file modified a moment ago as it is (no settle loop runs)."""
         self.scan_counts = ScanCounts()
         try:
             store = open_store(self.config)  # the scanner's own connection: the worker owns the other
@@ -205,15 +219,14 @@ class Service:
             return
         try:
             started = time.monotonic()
-            if not settle:
-                self.intake.settle_s = 0.0  # one-shot: a file modified a moment ago is taken as it is
             for root in self.config.watch.paths:
                 reconcile(root, store, self.paths, self.intake, self.embedder.identity, self.metrics,
-                          self.scan_counts, source)
+                          self.scan_counts, source, settle)
                 if self.scan_counts.stopped:
                     return
+            repair_verdicts(store, self.intake, self.scan_counts)
             c = self.scan_counts
-            log.info(f"{source}_finished", files=c.files, queued=c.queued, gone=c.gone,
+            log.info(f"{source}_finished", files=c.files, queued=c.queued, gone=c.gone, repaired=c.repaired,
                      seconds=round(time.monotonic() - started, 2))
         except Exception:
             log.exception("scan_failed")
@@ -223,13 +236,13 @@ class Service:
     # --- health, for /healthz and `clipwatch health` ---------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy when the worker's loop ticked recently, the store answered, and the watches run."""
+        """Healthy when the worker's loop ticked recently, the store answers (to the worker and to the index
+        sync, which asks it every few seconds, also while idle), the sync succeeds, and the watches run."""
         problems = []
         tick_age = time.monotonic() - self.worker.last_tick if self.worker else float("inf")
         if tick_age > HEALTH_TICK_S:
             problems.append(f"the worker loop has not ticked for {tick_age:.0f} s")
-        if self.metrics.registry.get_sample_value("clipwatch_store_up") != 1:
-            problems.append("the store is unreachable")
+        problems += self.store_health.problems()
         if self.watcher is not None and not self.watcher.alive():
             problems.append("the file watcher has stopped")
         return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems,

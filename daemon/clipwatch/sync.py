@@ -1,9 +1,15 @@
 """Keeping the similarity index in step with what other instances write to the shared table.
 
 Every `index.sync_interval_s` the sync reads the rows changed since the last round (any instance:
-`updated_at`) and the tombstones of deleted rows, and applies them to the index. Each round re-reads
-a safety window of SAFETY_S, because a row's `updated_at` is set when its statement runs but it becomes
-visible only when its transaction commits a moment later; applying a row twice is harmless.
+`updated_at`) and the tombstones of deleted rows, a page of PAGE rows per query (after a long outage the
+backlog streams through, it is never read whole), and applies them to the index. Each round re-reads a
+safety window of SAFETY_S, because a row's `updated_at` is set when its statement runs but it becomes
+visible only when its transaction commits a moment later; applying a row twice is harmless. The same
+round re-reads the decisions table when it changed, and the prohibited references now and then.
+
+The thread survives any error: it logs it, counts it, reports it to `Health`, re-opens the connection and
+tries again next round. `/healthz` names a store it cannot reach, and a sync that has not succeeded for
+several intervals.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+from .decisions import Decisions
 from .errors import StoreError
+from .health import INDEX_SYNC, Health
 from .index import VectorIndex
 from .logs import get_logger
 from .metrics import Metrics
 from .references import References
-from .store import Store
+from .store import PAGE, Store
+from .vocab import Reason, Stage
 
 log = get_logger(__name__)
 SAFETY_S = 10.0
@@ -38,36 +47,54 @@ def load_index(store: Store, model: str, dimension: int, approximate_above: int 
 
 class IndexSync:
     def __init__(self, store: Store, index: VectorIndex, model: str, since: datetime, interval_s: float,
-                 references: References, refresh_s: float, metrics: Metrics) -> None:
+                 references: References, refresh_s: float, metrics: Metrics, health: Health,
+                 decisions: Decisions, page: int = PAGE) -> None:
         self.store, self.index, self.model, self.since = store, index, model, since
         self.interval_s, self.references, self.refresh_s, self.metrics = interval_s, references, refresh_s, metrics
+        self.health, self.decisions, self.page = health, decisions, page
         self._next_refresh = time.monotonic() + refresh_s
         self._next_prune = time.monotonic()
 
     def sync_once(self) -> int:
         """Apply one round of changes; returns how many rows changed in the index."""
-        changes = self.store.changes_since(self.since, self.model)
-        if len(changes.ids):
-            self.index.upsert(changes.ids, changes.vectors)
-        self.index.remove(changes.other_model + changes.deleted)
-        self.since = changes.until - timedelta(seconds=SAFETY_S)
+        until = self.store.now()
+        changed = 0
+        for page in self.store.iter_changes(self.since, self.model, self.page):
+            if len(page.ids):
+                self.index.upsert(page.ids, page.vectors)
+            self.index.remove(page.other_model + page.deleted)
+            changed += len(page.ids) + len(page.deleted)
+        self.since = until - timedelta(seconds=SAFETY_S)
         self.metrics.index_size.set(len(self.index))
+        self.decisions.refresh(self.store)
         if time.monotonic() >= self._next_prune:
-            self.store.prune_tombstones(changes.until - TOMBSTONES_KEPT)
+            self.store.prune_tombstones(until - TOMBSTONES_KEPT)
             self._next_prune = time.monotonic() + 3600
-        return len(changes.ids) + len(changes.deleted)
+        return changed
 
     def run(self, stop: threading.Event) -> None:
+        self.health.sync_started()
         while not stop.wait(self.interval_s):
+            self.round()
+
+    def round(self) -> None:
+        """One round; never raises."""
+        try:
+            self.sync_once()
+        except Exception as exc:  # a driver bug must not end the sync: it is reported and tried again
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, StoreError) else str(exc)
+            self.health.sync_failed(error)
+            self.health.store_failed(INDEX_SYNC, error)
+            self.metrics.error(Stage.SYNC, Reason.SYNC_ERROR)
+            log.warning("index_sync_failed", error=error, retry_in_s=self.interval_s,
+                        exc_info=not isinstance(exc, StoreError))
+            self.store.reconnect()
+        else:
+            self.health.sync_ok()
+        if time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + self.refresh_s
             try:
-                self.sync_once()
-            except StoreError as exc:
-                log.warning("index_sync_failed", error=str(exc), retry_in_s=self.interval_s)
-                self.store.reconnect()
-            if time.monotonic() >= self._next_refresh:
-                self._next_refresh = time.monotonic() + self.refresh_s
-                try:
-                    if self.references.refresh():
-                        self.metrics.references.set(len(self.references))
-                except Exception:
-                    log.exception("references_refresh_failed")
+                if self.references.refresh():
+                    self.metrics.references.set(len(self.references))
+            except Exception:
+                log.exception("references_refresh_failed")

@@ -48,7 +48,7 @@ def build_random_clip(directory: str | Path, *, tiny: bool = True, projection_di
         config = CLIPConfig(text_config=special, projection_dim=projection_dim)
         size = 224
     torch.manual_seed(seed)
-    model = CLIPModel(config).eval()
+    model = CLIPModel(config).eval()  # type: ignore[no-untyped-call]  # transformers' own annotations stop here
     if tiny:
         # With random weights, the class token and position embeddings (the same for every input) dominate
         # a tiny model's output, and every image gets nearly the same vector (cosine ~0.98). Without them,
@@ -59,5 +59,6 @@ def build_random_clip(directory: str | Path, *, tiny: bool = True, projection_di
     model.save_pretrained(directory)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)  # type: ignore[no-untyped-call]
+    processor.save_pretrained(directory)
     return directory

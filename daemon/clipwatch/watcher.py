@@ -33,6 +33,7 @@ from .files import PathFilter
 from .intake import Intake
 from .logs import get_logger
 from .metrics import Metrics
+from .vocab import ChangeKind, Reason, Source, Stage
 
 log = get_logger(__name__)
 
@@ -62,16 +63,16 @@ class ChangeHandler(FileSystemEventHandler):
         if event.is_directory:
             gone = event.event_type == "deleted" or (event.event_type == "moved" and not dest)
             if gone and src not in self.paths.roots:  # a root that vanishes keeps its rows: see Watcher
-                self.intake.ready(Change("delete_tree", src))
+                self.intake.ready(Change(ChangeKind.DELETE_TREE, src))
             return  # files inside a moved directory arrive as their own move/create events
         match event:
             case FileMovedEvent():
                 self._moved(src, dest)
             case FileDeletedEvent() if self.paths.accepts(src):
-                self.intake.ready(Change("delete", src))
+                self.intake.ready(Change(ChangeKind.DELETE, src))
             case FileClosedEvent() if self.paths.accepts(src):
                 self._discovered()
-                self.intake.ready(Change("upsert", src))
+                self.intake.ready(Change(ChangeKind.UPSERT, src))
             case FileModifiedEvent() if self.paths.accepts(src):
                 if self.close_events:
                     self.intake.wait_for_close(src)
@@ -85,17 +86,17 @@ class ChangeHandler(FileSystemEventHandler):
         src_ok = bool(src) and self.paths.accepts(src)
         dest_ok = bool(dest) and self.paths.accepts(dest)
         if src_ok and dest_ok:
-            self.intake.ready(Change("move", src, dest))
+            self.intake.ready(Change(ChangeKind.MOVE, src, dest))
         elif src_ok and not dest:  # moved out of sight: perhaps into a directory not watched yet
             self.intake.delete_later(src)
         elif src_ok:  # renamed to an ignored name
-            self.intake.ready(Change("delete", src))
+            self.intake.ready(Change(ChangeKind.DELETE, src))
         elif dest_ok:  # x.tmp -> x.jpg, or moved in from outside: complete, since rename is atomic
             self._discovered()
-            self.intake.ready(Change("upsert", dest))
+            self.intake.ready(Change(ChangeKind.UPSERT, dest))
 
     def _discovered(self) -> None:
-        self.metrics.discovered.labels("event").inc()
+        self.metrics.discovered.labels(Source.EVENT).inc()
 
 
 class Watcher:
@@ -138,7 +139,7 @@ class Watcher:
     def _fall_back_to_polling(self, exc: OSError) -> None:
         log.error("inotify_limit", error=str(exc), action="falling back to polling",
                   fix="raise fs.inotify.max_user_watches / max_user_instances (sysctl), or set watch.polling = true")
-        self.metrics.errors.labels("watch", "inotify_limit").inc()
+        self.metrics.error(Stage.WATCH, Reason.INOTIFY_LIMIT)
         try:
             self.observer.stop()
         except RuntimeError:

@@ -1,9 +1,29 @@
-"""Vector stores behind one small interface: MySQL 9 (`VECTOR` column) and SQLite (the embedded default)."""
+"""Vector stores behind one interface: MySQL 9 (`VECTOR` column) and SQLite (the embedded default)."""
 
 from __future__ import annotations
 
 from ..config import Config
-from .base import Applied, Changes, Delete, DeleteTree, Op, Rename, Store, StoredFile, StoreStatus, Touch, Upsert
+from .base import PAGE, Store
+from .records import (
+    Applied,
+    ChangePage,
+    ClearVerdict,
+    DecisionRecord,
+    Delete,
+    DeleteTree,
+    FinishMove,
+    FlaggedRow,
+    JournalMove,
+    Op,
+    PendingMove,
+    RecordDecision,
+    Rename,
+    SameBytes,
+    StoredFile,
+    StoreStatus,
+    Touch,
+    Upsert,
+)
 
 
 def open_store(config: Config) -> Store:
@@ -19,5 +39,6 @@ def open_store(config: Config) -> Store:
                       config.store.connect_timeout_s)
 
 
-__all__ = ["Applied", "Changes", "Delete", "DeleteTree", "Op", "Rename", "Store", "StoreStatus", "StoredFile", "Touch",
-           "Upsert", "open_store"]
+__all__ = ["PAGE", "Applied", "ChangePage", "ClearVerdict", "DecisionRecord", "Delete", "DeleteTree", "FinishMove",
+           "FlaggedRow", "JournalMove", "Op", "PendingMove", "RecordDecision", "Rename", "SameBytes", "Store",
+           "StoreStatus", "StoredFile", "Touch", "Upsert", "open_store"]

@@ -16,7 +16,40 @@ from mysql.connector import errors as myerrors
 
 from ..config import StoreURL
 from ..errors import StoreError
-from .base import SQLStore
+from ..logs import get_logger
+from .sql import SQLStore
+
+log = get_logger(__name__)
+ACCESS_DENIED = 1142  # "<command> denied to user"
+
+AUX_TABLES = {
+    "deleted": """
+        id BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+        deleted_at DATETIME(6) NOT NULL,
+        KEY deleted_at (deleted_at)""",
+    "decisions": """
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        kind VARCHAR(16) CHARACTER SET ascii NOT NULL,
+        sha256 CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        other VARCHAR(2048) NOT NULL,
+        decision VARCHAR(16) CHARACTER SET ascii NOT NULL,
+        decided_by VARCHAR(255) NOT NULL,
+        score FLOAT NULL,
+        row_id BIGINT UNSIGNED NULL,
+        path VARCHAR(4096) NOT NULL,
+        match_path VARCHAR(4096) NULL,
+        decided_at DATETIME(6) NOT NULL,
+        KEY sha256 (sha256)""",
+    "moves": """
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        instance VARCHAR(255) NOT NULL,
+        src VARCHAR(4096) NOT NULL,
+        dest VARCHAR(4096) NOT NULL,
+        action VARCHAR(16) CHARACTER SET ascii NOT NULL,
+        sha256 CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        created_at DATETIME(6) NOT NULL,
+        KEY instance (instance)""",
+}
 
 
 class MySQLStore(SQLStore):
@@ -45,10 +78,10 @@ class MySQLStore(SQLStore):
         else:
             kwargs.update(host=url.host, port=url.port)
         try:
-            self.conn = mysql.connector.connect(**kwargs)
+            self.conn: Any = mysql.connector.connect(**kwargs)
         except myerrors.Error as exc:
             raise StoreError(f"cannot connect to {url.redacted()}: {describe(exc)}") from None
-        self._execute_plain("SET SESSION time_zone = '+00:00'")
+        self._fetch("SET SESSION time_zone = '+00:00'")
 
     def location(self) -> str:
         return self.url.redacted()
@@ -56,8 +89,11 @@ class MySQLStore(SQLStore):
     def quote(self, name: str) -> str:
         return f"`{name}`"
 
+    def _describe(self, exc: BaseException) -> str:
+        return describe(exc)
+
     def _cursor(self) -> Any:
-        return self.conn.cursor()
+        return self.conn.cursor()  # pings the server first: a dropped connection raises here
 
     def _commit(self) -> None:
         self.conn.commit()
@@ -68,22 +104,13 @@ class MySQLStore(SQLStore):
         except myerrors.Error:
             pass  # the connection is gone: the server rolled the transaction back itself
 
-    def _execute_plain(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        cur: Any = self.conn.cursor()
-        try:
-            cur.execute(sql, params)
-            return list(cur.fetchall()) if cur.with_rows else []
-        finally:
-            cur.close()
-            self.conn.commit()
-
     def table_dimension(self) -> int | None:
-        rows = self._execute_plain(
+        rows = self._fetch(
             "SELECT COLUMN_TYPE FROM information_schema.COLUMNS "
             "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'embedding'", (self.table,))
         if not rows:
             return None
-        column_type = rows[0][0].decode() if isinstance(rows[0][0], bytes) else str(rows[0][0])
+        column_type = _text(rows[0][0])
         match = re.fullmatch(r"vector\((\d+)\)", column_type.lower())
         if not match:
             raise StoreError(f"table {self.table!r} exists but its embedding column is {column_type!r}, not VECTOR")
@@ -91,7 +118,7 @@ class MySQLStore(SQLStore):
 
     def create_table(self, dimension: int) -> None:
         # DDL cannot be parameterised: the table name is a validated identifier, the dimension an int.
-        self._execute_plain(f"""
+        self._fetch(f"""
             CREATE TABLE IF NOT EXISTS {self.t} (
                 id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                 instance VARCHAR(255) NOT NULL,
@@ -112,29 +139,42 @@ class MySQLStore(SQLStore):
                 KEY instance_path_prefix (instance, path(255)),
                 KEY sha256 (sha256),
                 KEY updated_at (updated_at),
-                KEY model_id (model, id)
+                KEY model_id (model, id),
+                KEY match_id (match_id),
+                KEY status_updated (status, updated_at)
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
-        """)  # noqa: S608
+        """)
 
     def create_aux_tables(self) -> None:
-        # Asked first: CREATE TABLE IF NOT EXISTS needs the CREATE privilege even when the table exists, and
-        # a daemon whose administrator ran `clipwatch db init` may have only SELECT/INSERT/UPDATE/DELETE.
-        if self._execute_plain("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
-                               "AND TABLE_NAME = %s", (self.table + "_deleted",)):
+        # Each is looked for first: CREATE TABLE IF NOT EXISTS needs the CREATE privilege even when the table
+        # exists, and a daemon whose administrator ran `clipwatch db init` may have only row privileges.
+        existing = {_text(r[0]) for r in self._fetch("SELECT TABLE_NAME FROM information_schema.TABLES "
+                                                     "WHERE TABLE_SCHEMA = DATABASE()")}
+        for suffix, columns in AUX_TABLES.items():
+            if f"{self.table}_{suffix}" not in existing:
+                self._fetch(f"CREATE TABLE IF NOT EXISTS {self.quote(self.table + '_' + suffix)} ({columns}\n"
+                            ") ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin")
+        if self.table in existing:
+            self._add_match_index()
+
+    def _add_match_index(self) -> None:
+        """Tables made by clipwatch 0.1 lack the index that finds a deleted row's duplicates."""
+        if self._fetch("SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                       "AND TABLE_NAME = %s AND INDEX_NAME = 'match_id'", (self.table,)):
             return
-        self._execute_plain(f"""
-            CREATE TABLE IF NOT EXISTS {self.deleted_table} (
-                id BIGINT UNSIGNED NOT NULL PRIMARY KEY,
-                deleted_at DATETIME(6) NOT NULL,
-                KEY deleted_at (deleted_at)
-            ) ENGINE = InnoDB
-        """)
+        try:
+            self._fetch(f"ALTER TABLE {self.t} ADD INDEX match_id (match_id)")
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, myerrors.Error) or exc.__cause__.errno != ACCESS_DENIED:
+                raise
+            log.warning("index_missing", table=self.table, index="match_id", error=str(exc),
+                        fix=f"as an administrator: ALTER TABLE {self.table} ADD INDEX match_id (match_id)")
 
     def reconnect(self) -> None:
         try:
             self.conn.reconnect(attempts=1, delay=0)
-            self._execute_plain("SET SESSION time_zone = '+00:00'")
-        except myerrors.Error:
+            self._fetch("SET SESSION time_zone = '+00:00'")
+        except (myerrors.Error, StoreError):
             pass
 
     def close(self) -> None:
@@ -144,6 +184,13 @@ class MySQLStore(SQLStore):
             pass
 
 
-def describe(exc: myerrors.Error) -> str:
+def describe(exc: BaseException) -> str:
     """The server's message without the driver's noise (it never contains the password)."""
-    return f"{exc.msg} (MySQL error {exc.errno})" if getattr(exc, "errno", None) else str(exc)
+    if isinstance(exc, myerrors.Error) and getattr(exc, "errno", None):
+        return f"{exc.msg} (MySQL error {exc.errno})"
+    return str(exc)
+
+
+def _text(value: Any) -> str:
+    """information_schema answers in bytes or str depending on the server's version."""
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)

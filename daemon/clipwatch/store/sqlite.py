@@ -8,33 +8,47 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import StoreError
-from .base import SQLStore
+from .sql import SQLStore
 
 META = "clipwatch_meta"  # per-table facts SQLite cannot hold in the schema (the vector dimension)
+NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+AUX_TABLES = {
+    "deleted": "id INTEGER PRIMARY KEY, deleted_at TEXT NOT NULL",
+    "decisions": """id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, sha256 TEXT NOT NULL,
+        other TEXT NOT NULL, decision TEXT NOT NULL, decided_by TEXT NOT NULL, score REAL, row_id INTEGER,
+        path TEXT NOT NULL, match_path TEXT, decided_at TEXT NOT NULL""",
+    "moves": """id INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL, src TEXT NOT NULL,
+        dest TEXT NOT NULL, action TEXT NOT NULL, sha256 TEXT NOT NULL, created_at TEXT NOT NULL""",
+}
+AUX_INDEXES = {"deleted": "deleted_at", "decisions": "sha256", "moves": "instance"}
 
 
 class SQLiteStore(SQLStore):
     backend = "sqlite"
     DRIVER_ERRORS = (sqlite3.Error,)
-    NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    NOW = NOW
     UPSERT_TAIL = (
         " ON CONFLICT (instance, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
         "mtime = excluded.mtime, model = excluded.model, embedding = excluded.embedding, status = excluded.status, "
-        "match_id = excluded.match_id, score = excluded.score, label = excluded.label, "
-        "updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')"
+        f"match_id = excluded.match_id, score = excluded.score, label = excluded.label, updated_at = {NOW}"
     )
 
     def __init__(self, path: str, table: str, instance: str) -> None:
         super().__init__(table, instance)
         self.path = path
+        self.conn = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
         try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            # autocommit is handled by us: every apply() is one explicit transaction
-            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = NORMAL")
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            # autocommit is handled by us: every write is one explicit transaction
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the SQLite store {path!r}: {exc}") from None
+            raise StoreError(f"cannot open the SQLite store {self.path!r}: {exc}") from None
+        return conn
 
     def location(self) -> str:
         return f"sqlite://{self.path}"
@@ -53,56 +67,78 @@ class SQLiteStore(SQLStore):
             self.conn.commit()
 
     def _rollback(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.rollback()
+        try:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+        except sqlite3.Error:
+            pass  # a closed or broken connection has nothing left to roll back
+
+    def reconnect(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+        try:
+            self.conn = self._connect()
+        except StoreError:
+            pass  # the next call fails again, and says why
 
     def table_dimension(self) -> int | None:
-        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = self.conn.execute(f"SELECT value FROM {META} WHERE key = ?",  # noqa: S608 - META is a constant
-                                (f"{self.table}.dimension",)).fetchone()
-        exists = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                                   (self.table,)).fetchone()
-        return int(row[0]) if row and exists else None
+        self._fetch(f"CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = self._fetch(f"SELECT value FROM {META} WHERE key = ?",
+                          (f"{self.table}.dimension",))
+        exists = self._fetch("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,))
+        return int(row[0][0]) if row and exists else None
 
     def create_table(self, dimension: int) -> None:
         t = self.t
-        self.conn.executescript(f"""
-            BEGIN;
-            CREATE TABLE IF NOT EXISTS {t} (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                instance TEXT NOT NULL,
-                path TEXT NOT NULL,
-                sha256 TEXT NOT NULL,
-                size INTEGER NOT NULL,
-                mtime REAL NOT NULL,
-                model TEXT NOT NULL,
-                embedding BLOB NOT NULL CHECK (length(embedding) = {4 * int(dimension)}),
-                status TEXT NOT NULL DEFAULT 'ok',
-                match_id INTEGER,
-                score REAL,
-                label TEXT,
-                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-                updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-                UNIQUE (instance, path)
-            );
-            CREATE INDEX IF NOT EXISTS "{self.table}_sha256" ON {t} (sha256);
-            CREATE INDEX IF NOT EXISTS "{self.table}_updated_at" ON {t} (updated_at);
-            CREATE INDEX IF NOT EXISTS "{self.table}_model_id" ON {t} (model, id);
-            COMMIT;
-        """)
-        self.conn.execute(f"INSERT OR REPLACE INTO {META} (key, value) VALUES (?, ?)",  # noqa: S608
-                          (f"{self.table}.dimension", str(int(dimension))))
+        with self._transaction() as cur:
+            cur.execute(f"""
+                CREATE TABLE IF NOT EXISTS {t} (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    instance TEXT NOT NULL,
+                    path TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    size INTEGER NOT NULL,
+                    mtime REAL NOT NULL,
+                    model TEXT NOT NULL,
+                    embedding BLOB NOT NULL CHECK (length(embedding) = {4 * int(dimension)}),
+                    status TEXT NOT NULL DEFAULT 'ok',
+                    match_id INTEGER,
+                    score REAL,
+                    label TEXT,
+                    created_at TEXT NOT NULL DEFAULT ({NOW}),
+                    updated_at TEXT NOT NULL DEFAULT ({NOW}),
+                    UNIQUE (instance, path)
+                )""")
+            for columns in ("sha256", "updated_at", "model, id", "status, updated_at"):
+                name = f"{self.table}_{columns.replace(', ', '_')}"
+                cur.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON {t} ({columns})')
+            cur.execute(f"INSERT OR REPLACE INTO {META} (key, value) VALUES (?, ?)",
+                        (f"{self.table}.dimension", str(int(dimension))))
+        self._add_match_index()
 
     def create_aux_tables(self) -> None:
-        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.deleted_table} "
-                          "(id INTEGER PRIMARY KEY, deleted_at TEXT NOT NULL)")
-        self.conn.execute(f'CREATE INDEX IF NOT EXISTS "{self.table}_deleted_at" ON {self.deleted_table} (deleted_at)')
+        with self._transaction() as cur:
+            for suffix, columns in AUX_TABLES.items():
+                name = self.table + "_" + suffix
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {self.quote(name)} ({columns})")
+                cur.execute(f'CREATE INDEX IF NOT EXISTS "{name}_{AUX_INDEXES[suffix]}" ON {self.quote(name)} '
+                            f"({AUX_INDEXES[suffix]})")
+        if self._fetch("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)):
+            self._add_match_index()
+
+    def _add_match_index(self) -> None:
+        self._fetch(f'CREATE INDEX IF NOT EXISTS "{self.table}_match_id" ON {self.t} (match_id)')
 
     def _timestamp(self, when: datetime) -> str:
         return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
 
     def _parse_time(self, value: Any) -> datetime:
-        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S.%f")
+        try:
+            return datetime.strptime(value, "%Y-%m-%d %H:%M:%S.%f")
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.location()}: expected a timestamp, got {value!r}") from None
 
     def close(self) -> None:
         self.conn.close()

@@ -1,0 +1,294 @@
+"""What each `clipwatch` command does, once `cli.main` has parsed its arguments and loaded the configuration.
+
+Heavy imports (torch, the drivers) happen inside the commands that need them, so `--help` and
+`db status` start at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .config import Config
+from .errors import ClipwatchError, ConfigError
+from .logs import get_logger
+from .metrics import Metrics
+from .scanner import ScanCounts
+from .vocab import Decision, Result, Status
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .embedder import Embedder
+
+log = get_logger("clipwatch")
+
+
+def cmd_run(config: Config) -> int:
+    from .service import Service
+
+    return Service.opened(config, handle_signals=True).run()
+
+
+def cmd_scan(config: Config) -> int:
+    """One reconcile, then a summary. Every file queued ends as a row or a counted failure: if any did not
+    (a batch dropped by an unexpected error), it says so and exits 1."""
+    from .service import Service
+
+    service = Service.opened(config)
+    progress = _progress if sys.stderr.isatty() else None
+    counts = service.scan(progress)
+    if progress:
+        print(file=sys.stderr)
+    done = {r: service.metrics.processed_count(r) for r in Result}
+    print(f"scan: {counts.files} image files, {counts.queued} new or changed, {counts.gone} gone; "
+          + ", ".join(f"{r} {done[r]}" for r in SUMMARY if done[r] or r in SUMMARY[:4]))
+    accounted = sum(done[r] for r in UPSERT_RESULTS)
+    if accounted < counts.queued:
+        print(f"scan: {counts.queued - accounted} of the files queued were not processed (see the log); "
+              "the next scan takes them again", file=sys.stderr)
+        return 1
+    return 0
+
+
+# The scan's summary, in order (the first four always shown), and how a queued (upserted) file can end.
+SUMMARY = (Result.EMBEDDED, Result.UNCHANGED, Result.DELETED, Result.FAILED, Result.MOVED, Result.REJECTED,
+           Result.VANISHED, Result.REJUDGED)
+UPSERT_RESULTS = (Result.EMBEDDED, Result.UNCHANGED, Result.MOVED, Result.FAILED, Result.REJECTED, Result.VANISHED)
+
+
+def _progress(counts: ScanCounts, metrics: Metrics) -> None:
+    """A one-line progress bar on stderr: work done of the work found so far (the walk may still be going)."""
+    done = sum(metrics.processed_count(r) for r in Result)
+    todo = max(counts.queued + counts.gone + counts.repaired, done, 1)
+    filled = int(30 * done / todo)
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{todo} done, {counts.files} image files scanned ",
+          end="", file=sys.stderr, flush=True)
+
+
+def cmd_search(config: Config, args: argparse.Namespace) -> int:
+    import base64
+
+    from .files import read_file
+    from .search import read_vector_argument, table
+
+    if args.top < 1:
+        raise ConfigError(f"--top: expected a positive integer, got {args.top}")
+    request: dict[str, object] = {"top": args.top}
+    if args.vector is not None:
+        vector = read_vector_argument(args.vector, "--vector")
+        request["vector"] = vector.tolist() if vector is not None else args.vector
+    elif args.text is not None:
+        request["text"] = args.text
+    else:
+        request["image"] = base64.b64encode(read_file(args.image, config.watch.max_file_bytes).data).decode()
+    answer = None if args.local else _ask_daemon(config, request)
+    results = answer["results"] if answer else _search_locally(config, request)
+    if args.json:
+        for r in results:
+            print(json.dumps(r, ensure_ascii=False))
+    else:
+        print(table([(r["path"] or f"<row {r['id']} deleted meanwhile>", r["similarity"]) for r in results]))
+    return 0
+
+
+def cmd_health(config: Config) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = _daemon_url(config, "/healthz")
+    if url is None:
+        raise ConfigError("metrics.listen: the health check needs the daemon's HTTP endpoint, which is disabled")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        print(f"unhealthy: {'; '.join(body.get('problems', [])) or exc.reason}")
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"unhealthy: no daemon answers at {url} ({exc})")
+        return 1
+    print(f"ok: queue {body.get('queue_depth')}, index {body.get('index_size')} vectors")
+    return 0
+
+
+def _daemon_url(config: Config, path: str) -> str | None:
+    from .config import metrics_address
+
+    address = metrics_address(config)
+    if address is None or address[1] == 0:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address[0], address[0])
+    return f"http://[{host}]:{address[1]}{path}" if ":" in host else f"http://{host}:{address[1]}{path}"
+
+
+def _ask_daemon(config: Config, request: dict[str, object]) -> dict[str, Any] | None:
+    """The running daemon's answer (its index and model are loaded), or None if no daemon of this store
+    and table answers at metrics.listen."""
+    import urllib.error
+    import urllib.request
+
+    url = _daemon_url(config, "/search")
+    if url is None:
+        return None
+    body = json.dumps(request).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),
+                                    timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400:
+            raise ClipwatchError(json.loads(exc.read()).get("error", "bad request")) from None
+        return None
+    except (OSError, ValueError):
+        return None  # no daemon there: search locally
+    if answer.get("table") != config.store.table or answer.get("store") != config.store_url.redacted():
+        return None  # a daemon of another store or table
+    log.debug("searched_by_daemon", url=url)
+    return answer
+
+
+def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Load every vector of the configured model from the store, then search."""
+    from .embedder import Embedder, model_identity
+    from .search import query_vector, search_top
+    from .store import open_store
+    from .sync import load_index
+
+    def embedder() -> Embedder:
+        model = Embedder.from_config(config.model)
+        model.load()
+        return model
+
+    store = open_store(config)
+    try:
+        dimension = store.table_dimension()
+        if dimension is None:
+            raise ClipwatchError(f"table {config.store.table!r} does not exist yet in {store.location()}")
+        query = query_vector(request, dimension, embedder, config.model.max_image_pixels)
+        index, _ = load_index(store, model_identity(config.model.name), dimension)
+        hits = index.search(query, search_top(request))
+        paths = store.paths_of([i for i, _ in hits])
+    finally:
+        store.close()
+    return [{"id": i, "path": paths.get(i), "similarity": round(s, 6)} for i, s in hits]
+
+
+def _embed_file(config: Config, embedder: Embedder, path: str) -> np.ndarray:
+    """A file's vector, prepared exactly as the worker prepares it."""
+    from .files import read_file
+
+    data = read_file(path, config.watch.max_file_bytes).data
+    vector: np.ndarray = embedder.embed_images([embedder.prepare(data, config.model.max_image_pixels)])[0]
+    return vector
+
+
+def cmd_compare(config: Config, a: str, b: str, metric: str) -> int:
+    from .embedder import Embedder
+    from .search import compare, read_vector_argument
+
+    vectors = [read_vector_argument(a, "A"), read_vector_argument(b, "B")]
+    if any(v is None for v in vectors):
+        embedder = Embedder.from_config(config.model)
+        embedder.load()
+        vectors = [v if v is not None else _embed_file(config, embedder, arg)
+                   for v, arg in zip(vectors, (a, b), strict=True)]
+    print(f"{compare(vectors[0], vectors[1], metric):.6f}")  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_import(config: Config, path: str) -> int:
+    from .importer import import_file
+    from .service import Service
+
+    service = Service.opened(config, watching=False)
+    try:
+        summary = import_file(service, sys.stdin if path == "-" else path)
+    finally:
+        service.close()
+    print(f"import: {summary.lines} lines, {summary.imported} imported ({summary.duplicate} duplicate, "
+          f"{summary.prohibited} prohibited, {summary.rejected} rejected), {summary.bad} bad")
+    return 1 if summary.bad else 0
+
+
+def cmd_db_init(config: Config, dimension: int | None) -> int:
+    from .embedder import Embedder
+    from .store import open_store
+
+    if dimension is None:
+        embedder = Embedder.from_config(config.model)
+        embedder.load()
+        dimension = embedder.dimension
+    if dimension < 1:
+        raise ConfigError(f"--dimension: expected a positive integer, got {dimension}")
+    store = open_store(config)
+    try:
+        created = store.init_schema(dimension)
+        state = "created" if created else "already exists"
+        print(f"table {config.store.table!r} in {store.location()}: {state} (vectors of dimension {dimension})")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_db_status(config: Config, as_json: bool) -> int:
+    from .store import open_store
+
+    store = open_store(config)
+    try:
+        st = store.status()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"backend": st.backend, "location": st.location, "table": st.table,
+                          "dimension": st.dimension,
+                          "rows": [{"status": s, "model": m, "count": n} for s, m, n in st.counts]}))
+        return 0
+    print(f"store:     {st.location} ({st.backend})")
+    print(f"table:     {st.table}" + ("" if st.dimension else " (does not exist yet: run `clipwatch db init`)"))
+    print(f"dimension: {st.dimension or '-'}")
+    print(f"rows:      {sum(n for *_, n in st.counts)}")
+    for s, m, n in st.counts:
+        print(f"  {n:>10}  status={s}  model={m}")
+    return 0
+
+
+
+def cmd_verdicts(config: Config, status: str | None, as_json: bool, limit: int) -> int:
+    from .review import print_verdicts
+    from .store import open_store
+
+    if limit < 0:
+        raise ConfigError(f"--limit: expected 0 (all) or a positive integer, got {limit}")
+    store = open_store(config)
+    try:
+        _require_table(store)
+        print_verdicts(store.flagged(Status(status) if status else None), sys.stdout, as_json, limit)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_decide(config: Config, ids: list[int], decision: Decision, by: str | None) -> int:
+    from .review import decide, default_decider
+    from .store import open_store
+
+    store = open_store(config)
+    try:
+        _require_table(store)
+        for line in decide(store, ids, decision, by or default_decider()):
+            print(line)
+    finally:
+        store.close()
+    return 0
+
+
+def _require_table(store: Any) -> None:
+    """The table must exist; the tables beside it are made if an older clipwatch made it."""
+    dimension = store.table_dimension()
+    if dimension is None:
+        raise ClipwatchError(f"table {store.table!r} does not exist yet in {store.location()}")
+    store.init_schema(dimension)

@@ -1,0 +1,202 @@
+"""The committer: a judged batch becomes one transaction; then the index follows; then files move.
+
+What happens to a file judged duplicate or prohibited, step by step (`duplicates.action`,
+`prohibited.action`):
+
+1. Before the transaction, a free name in `quarantine.dir` is chosen for each file to be moved.
+2. One transaction writes every row of the batch. A quarantined file's row is written at its quarantine
+   name (its earlier row, if it had one, is renamed there, keeping its id); a rejected file's row is not
+   written (its earlier row is deleted). The same transaction journals each move (`<table>_moves`).
+   Nothing has moved yet: a crash or an outage before the commit leaves every file where it was, and the
+   next scan judges it again.
+3. After the commit, each journalled move is done (`quarantine.complete`) and the journal entry removed.
+   If a move cannot be done, the row goes back to the file (the verdict stays: flagged in place). A crash
+   between 2 and 3 is repaired at the next start, before anything else: the journal is replayed.
+
+Files the worker refused (broken images) are moved to `errors.quarantine_dir` after the commit too.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import quarantine
+from .config import Config
+from .errors import StoreError
+from .files import PathFilter
+from .index import VectorIndex
+from .intake import Intake
+from .judge import Verdict
+from .logs import get_logger
+from .metrics import Metrics
+from .planner import Entry, Failure, Plan
+from .retry import Retrier
+from .store import Applied, Delete, JournalMove, Op, PendingMove, Rename, Store, Upsert
+from .vocab import MOVABLE_REASONS, Action, Reason, Result, Stage, Status
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a judged entry's row goes, and what is done with its file."""
+
+    entry: Entry
+    verdict: Verdict
+    action: Action  # the verdict's, or flag when the file cannot be moved
+    row: Upsert  # at the file's own path or its name in the quarantine; not written for a rejected file
+
+    @property
+    def stored(self) -> bool:
+        return self.action != Action.REJECT
+
+    @property
+    def moves(self) -> bool:
+        return self.action != Action.FLAG and self.entry.on_disk
+
+
+@dataclass(frozen=True)
+class Committed:
+    applied: Applied
+    counts: Counter[Result]  # how each change ended
+    flagged: Counter[Status]  # verdicts other than ok
+
+
+class Committer:
+    def __init__(self, config: Config, store: Store, index: VectorIndex, paths: PathFilter, intake: Intake,
+                 metrics: Metrics, retry: Retrier, model: str) -> None:
+        self.config, self.store, self.index, self.paths, self.intake = config, store, index, paths, intake
+        self.metrics, self.retry, self.model = metrics, retry, model
+
+    def commit(self, plan: Plan, entries: Sequence[Entry], verdicts: Sequence[Verdict],
+               failures: Sequence[Failure], stop: threading.Event | None) -> Committed | None:
+        """Write, follow in the index, move files. None if asked to stop while the store was down (nothing
+        of the batch was written; the next start's scan redoes it)."""
+        placements = self._place(entries, verdicts)
+        ops: list[Op] = [*plan.ops]
+        for p in placements:
+            ops += self._ops_of(p)
+        with self.metrics.stage_seconds.labels(Stage.WRITE).time():
+            applied = self.retry(lambda: self.store.apply(ops), stop)
+        if applied is None:
+            return None
+        self._follow_in_index(applied, [p.row for p in placements if p.stored])
+        with self.metrics.stage_seconds.labels(Stage.MOVE).time():
+            moved = self._move_files(placements, applied, stop)
+        self._log_verdicts(placements, applied, moved)
+        for failure in [*plan.failures, *failures]:
+            self._refused(failure)
+        counts = Counter(plan.counts)
+        counts[Result.FAILED] += len(plan.failures) + len(failures)
+        for p in placements:
+            rejected = p.action == Action.REJECT and (p.entry.key in moved or not p.entry.on_disk)
+            counts[Result.REJUDGED if p.entry.rejudge else Result.REJECTED if rejected else Result.EMBEDDED] += 1
+        return Committed(applied, counts, Counter(p.verdict.status for p in placements
+                                                  if p.verdict.status != Status.OK))
+
+    def _place(self, entries: Sequence[Entry], verdicts: Sequence[Verdict]) -> list[Placement]:
+        taken: set[str] = set()
+        placed: list[tuple[Entry, Verdict, Action, str]] = []
+        for entry, verdict in zip(entries, verdicts, strict=True):
+            action, path = verdict.action if verdict.status != Status.OK else Action.FLAG, entry.path
+            if action == Action.QUARANTINE and not entry.on_disk:
+                action = Action.FLAG  # an imported vector whose file is elsewhere: nothing to move
+            if action != Action.FLAG and entry.on_disk:
+                try:
+                    path = quarantine.reserve(entry.path, self.paths, self.config.quarantine.dir, taken)
+                except OSError as exc:
+                    log.error("quarantine_failed", path=entry.path, error=str(exc), action="flag instead")
+                    self.metrics.error(Stage.MOVE, Reason.MOVE_FAILED)
+                    action = Action.FLAG
+            placed.append((entry, verdict, action, path))
+        final = {e.key: path for e, _, action, path in placed if action != Action.REJECT}
+        return [Placement(e, v, action, _row(e, v, path, final)) for e, v, action, path in placed]
+
+    def _ops_of(self, p: Placement) -> list[Op]:
+        e = p.entry
+        ops: list[Op] = []
+        if p.action == Action.QUARANTINE and e.own_id is not None:
+            ops.append(Rename(e.path, p.row.path))  # the file's earlier row follows it, keeping its id
+        elif p.action == Action.REJECT and e.own_id is not None:
+            ops.append(Delete(e.path))
+        if p.moves:
+            ops.append(JournalMove(e.path, p.row.path, p.action, e.sha256))
+        return [*ops, p.row] if p.stored else ops
+
+    def _follow_in_index(self, applied: Applied, rows: Sequence[Upsert]) -> None:
+        """The index learns this batch's rows at once (other instances' rows come through the sync)."""
+        self.index.remove(applied.deleted)
+        ours = [r for r in rows if r.model == self.model and r.path in applied.ids]
+        if ours:
+            self.index.upsert([applied.ids[r.path] for r in ours], np.stack([r.embedding for r in ours]))
+        self.metrics.index_size.set(len(self.index))
+
+    def _move_files(self, placements: Sequence[Placement], applied: Applied,
+                    stop: threading.Event | None) -> dict[int, str]:
+        """Do the journalled moves; undo in the store what could not be done. Returns entry key -> where
+        its file went."""
+        moved: dict[int, str] = {}
+        after: list[Op] = []
+        for p in placements:
+            if not p.moves:
+                continue
+            pending = PendingMove(applied.moves[p.row.path], p.entry.path, p.row.path, p.action, p.entry.sha256)
+            outcome, why = quarantine.complete(pending)
+            if outcome in (quarantine.Outcome.MOVED, quarantine.Outcome.ALREADY_MOVED):
+                moved[p.entry.key] = p.row.path
+            elif outcome == quarantine.Outcome.FAILED:
+                log.error("quarantine_failed", path=p.entry.path, error=why, action="flag instead")
+                self.metrics.error(Stage.MOVE, Reason.MOVE_FAILED)
+            after += quarantine.settle(pending, outcome, replace(p.row, path=p.entry.path))
+        if after:
+            done = self.retry(lambda: self.store.apply(after), stop)  # None: replayed from the journal at start
+            if done is not None:
+                self._follow_in_index(done, [op for op in after if isinstance(op, Upsert)])
+        return moved
+
+    def _log_verdicts(self, placements: Sequence[Placement], applied: Applied, moved: dict[int, str]) -> None:
+        flagged = [p for p in placements if p.verdict.status != Status.OK]
+        by_key = {p.entry.key: p for p in placements}
+        try:
+            paths = self.store.paths_of([p.verdict.match_id for p in flagged if p.verdict.match_id is not None])
+        except StoreError:
+            paths = {}  # the log line loses a detail; the row has it
+        for p in flagged:
+            v, done = p.verdict, p.action if p.entry.key in moved or not p.moves else Action.FLAG
+            self.metrics.verdicts.labels(v.status, done).inc()
+            if v.match_key is not None:
+                matched: str | None = by_key[v.match_key].row.path
+                match_id = applied.ids.get(matched or "")
+            else:
+                matched, match_id = paths.get(v.match_id) if v.match_id is not None else None, v.match_id
+            log.info("verdict", path=p.entry.path, status=v.status, label=v.label,
+                     score=None if v.score is None else round(v.score, 4), matched_path=matched, match_id=match_id,
+                     action=done, moved_to=moved.get(p.entry.key), rejudged=p.entry.rejudge or None)
+
+    def _refused(self, failure: Failure) -> None:
+        exc, path = failure.error, failure.path
+        self.metrics.rejected(exc)
+        moved_to = None
+        if self.config.errors.quarantine_dir and exc.reason in MOVABLE_REASONS:
+            try:
+                moved_to = quarantine.reserve(path, self.paths, self.config.errors.quarantine_dir, set())
+                quarantine.move(path, moved_to)
+            except OSError as move_error:
+                moved_to = None
+                log.error("quarantine_failed", path=path, error=str(move_error), action="left in place")
+        if moved_to is None:
+            self.intake.remember_refused(path)  # not tried again until it changes
+        log.warning("file_rejected", path=path, reason=exc.reason, error=str(exc), moved_to=moved_to)
+
+
+def _row(entry: Entry, verdict: Verdict, path: str, final: dict[int, str]) -> Upsert:
+    if entry.vector is None:
+        raise ValueError(f"{entry.path!r} has no vector to store")
+    match_path = final.get(verdict.match_key) if verdict.match_key is not None else None
+    return Upsert(path, entry.sha256, entry.size, entry.mtime, entry.model, entry.vector, verdict.status,
+                  verdict.match_id, verdict.score, verdict.label, match_path)

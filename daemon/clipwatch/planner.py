@@ -1,0 +1,268 @@
+"""The planner: a batch of changes, the rows the store holds and what the files hold, in; frozen plan out.
+
+A pure function: no model, no database, no file system. Everything it needs is handed to it (the rows of
+the paths involved, each file's sha256 and pixels as the decode pool read them, the stored rows that have
+the same bytes, which of those rows' files are gone), so it is tested by the dozen in milliseconds.
+
+Changes are applied in the order they were observed, path by path:
+
+- same bytes as the row at that path: keep (only size and mtime follow);
+- same bytes as one of our rows whose file is gone: a move that inotify could not pair (the row follows);
+- anything else: an *entry*, a file whose row is written with a vector and a verdict. An entry remembers
+  its *own row* (the row its path had: its earlier version), follows its file through later renames in
+  the batch, and is dropped when a later change replaces or deletes its file;
+- a rename moves the row; a delete removes it (`store.on_delete`).
+
+Entries come out oldest first (mtime, then path): that is the order they are judged in, so that among
+copies judged together the oldest is the original. An entry's vector comes from the model (its pixels),
+from a stored row with the same bytes (no model call), or from an earlier entry with the same bytes.
+`excluded` names the rows this batch rewrites or deletes: no file may be matched against them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .batcher import Loaded
+from .changes import Change
+from .embedder import Prepared
+from .errors import FileRejected
+from .files import name_problem
+from .store import Delete, DeleteTree, Op, Rename, SameBytes, StoredFile, Touch
+from .vocab import ChangeKind, Reason, Result
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file (or a stored row judged again) whose row is written with a vector and a verdict."""
+
+    key: int  # unique in its batch: the position of the change that made it
+    path: str  # where its row goes: the file's last name in the batch
+    sha256: str
+    size: int
+    mtime: float
+    model: str
+    own_id: int | None = None  # the row this entry rewrites: the file's earlier version
+    pixels: Prepared | None = None  # for the model
+    same_as_row: int | None = None  # take this stored row's vector (an exact copy, or the row judged again)
+    same_as_entry: int | None = None  # take the vector of this earlier entry (an exact copy in the batch)
+    vector: np.ndarray | None = None  # given (imports), or filled in once embedded
+    rejudge: bool = False  # a stored row judged again: its file is not touched
+    on_disk: bool = True  # False for imported vectors whose file is not on this machine
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    error: FileRejected
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: tuple[Op, ...]  # renames, deletes and touches of stored rows, in observed order
+    entries: tuple[Entry, ...]  # oldest first (mtime, then path): the judging order
+    failures: tuple[Failure, ...] = ()
+    excluded: frozenset[int] = frozenset()  # rows rewritten or deleted by this batch
+    counts: Mapping[Result, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    """A path as the batch goes: our row there now, and the entry that will write it."""
+
+    row: StoredFile | None = None
+    entry: int | None = None
+
+
+def needs_loading(changes: Sequence[Change], rows: Mapping[str, StoredFile]) -> list[int]:
+    """Positions of the renames whose destination the planner may have to ingest as a new file, so it must
+    be read (the batcher reads only upserted files ahead): those whose source has no stored row, or whose
+    source an earlier change of the batch removed or replaced."""
+    touched: set[str] = set()
+    trees: list[str] = []
+    need = []
+    for i, change in enumerate(changes):
+        if change.kind == ChangeKind.MOVE and (change.path not in rows or change.path in touched
+                                               or any(change.path.startswith(t) for t in trees)):
+            need.append(i)
+        if change.kind in (ChangeKind.DELETE, ChangeKind.MOVE):
+            touched.add(change.path)
+        elif change.kind == ChangeKind.DELETE_TREE:
+            trees.append(change.path.rstrip(os.sep) + os.sep)
+    return need
+
+
+def plan(changes: Sequence[Change], rows: Mapping[str, StoredFile], loaded: Sequence[Loaded | None],
+         same_bytes: Mapping[str, Sequence[SameBytes]], missing: frozenset[str], *, model: str, instance: str,
+         keep_deleted: bool = False) -> Plan:
+    """`rows`: this instance's rows of the paths involved. `loaded`: per change, the file at its path (its
+    destination, for a rename in `needs_loading`). `same_bytes`: stored rows by sha256, oldest first.
+    `missing`: paths of our rows under the roots whose file no longer exists."""
+    return _Planner(rows, same_bytes, missing, model, instance, keep_deleted).run(changes, loaded)
+
+
+class _Planner:
+    def __init__(self, rows: Mapping[str, StoredFile], same_bytes: Mapping[str, Sequence[SameBytes]],
+                 missing: frozenset[str], model: str, instance: str, keep_deleted: bool) -> None:
+        self.slots = {path: _Slot(row) for path, row in rows.items()}
+        self.same_bytes, self.missing, self.model, self.instance = same_bytes, missing, model, instance
+        self.keep_deleted = keep_deleted
+        self.entries: dict[int, Entry] = {}
+        self.decode_errors: dict[int, FileRejected] = {}
+        self.ops: list[Op] = []
+        self.failures: list[Failure] = []
+        self.counts: Counter[Result] = Counter()
+        self.deleted: set[int] = set()
+
+    def run(self, changes: Sequence[Change], loaded: Sequence[Loaded | None]) -> Plan:
+        for key, (change, file) in enumerate(zip(changes, loaded, strict=True)):
+            if change.kind == ChangeKind.UPSERT:
+                self._upsert(key, change.path, _given(file, change))
+            elif change.kind == ChangeKind.MOVE:
+                self._move(key, change, file)
+            elif change.kind == ChangeKind.DELETE:
+                self._delete(change.path)
+            elif change.kind == ChangeKind.DELETE_TREE:
+                self._delete_tree(change.path)
+            elif change.kind == ChangeKind.REJUDGE:
+                self._rejudge(key, change.path)
+        return self._finish()
+
+    def _slot(self, path: str) -> _Slot:
+        return self.slots.setdefault(path, _Slot())
+
+    def _drop(self, slot: _Slot) -> None:
+        """The entry at this path is superseded (a newer version of the file, or no file any more)."""
+        if slot.entry is not None:
+            del self.entries[slot.entry]
+            self.decode_errors.pop(slot.entry, None)
+            slot.entry = None
+
+    def _upsert(self, key: int, path: str, file: Loaded) -> None:
+        slot = self._slot(path)
+        self._drop(slot)
+        if file.error is not None:
+            if file.error.reason == Reason.NOT_FOUND:  # renamed or deleted since: its own event follows
+                self.counts[Result.VANISHED] += 1
+            else:
+                self.failures.append(Failure(path, file.error))
+            return
+        row = slot.row
+        if row is not None and row.sha256 == file.sha256 and row.model == self.model:
+            self.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
+            self.counts[Result.UNCHANGED] += 1
+            return
+        moved_from = self._moved_from(path, file.sha256) if row is None else None
+        if moved_from is not None:  # a rename whose events were not paired: the row follows its bytes
+            self.ops += [Rename(moved_from.path, path), Touch(path, file.size, file.mtime)]
+            self.counts[Result.MOVED] += 1
+            self.slots[moved_from.path] = _Slot()
+            self.slots[path] = _Slot(replace(moved_from, path=path))
+            return
+        self.entries[key] = Entry(key, path, file.sha256, file.size, file.mtime, self.model,
+                                  own_id=row.id if row else None, pixels=file.pixels)
+        if file.decode_error is not None:
+            self.decode_errors[key] = file.decode_error
+        slot.entry = key
+
+    def _moved_from(self, path: str, sha256: str) -> StoredFile | None:
+        """One of our rows with these bytes whose file is gone and which this batch has not moved or
+        deleted: inotify pairs a rename only when both directories are watched, and moves made while the
+        daemon was down produce no event at all."""
+        for copy in self.same_bytes.get(sha256, ()):
+            row = copy.row
+            if (row.instance == self.instance and row.path != path and row.model == self.model
+                    and row.path in self.missing and self._still_at(row)):
+                return row
+        return None
+
+    def _still_at(self, row: StoredFile) -> bool:
+        slot = self.slots.get(row.path)
+        return slot is None or (slot.row is not None and slot.row.id == row.id)
+
+    def _move(self, key: int, change: Change, file: Loaded | None) -> None:
+        src_path, dest_path = change.path, change.dest
+        src = self._slot(src_path)
+        if src.row is None and src.entry is None:  # nothing known under the old name: a new file
+            self._upsert(key, dest_path, _given(file, change))
+            return
+        problem = name_problem(dest_path)
+        if problem is not None:  # renamed to a name the store cannot hold: gone, as far as rows go
+            self._delete(src_path)
+            self.failures.append(Failure(dest_path, problem))
+            return
+        dest = self._slot(dest_path)
+        self._drop(dest)  # overwritten by the rename
+        row = dest.row
+        if src.row is not None:
+            self.ops.append(Rename(src_path, dest_path))
+            self.counts[Result.MOVED] += 1
+            if dest.row is not None:
+                self.deleted.add(dest.row.id)  # the rename replaces it
+            row = replace(src.row, path=dest_path)
+        entry = src.entry
+        self.slots[src_path], self.slots[dest_path] = _Slot(), _Slot(row, entry)
+        if entry is not None:  # written, then renamed: the row goes under the final name
+            self.entries[entry] = replace(self.entries[entry], path=dest_path, own_id=row.id if row else None)
+
+    def _delete(self, path: str) -> None:
+        slot = self._slot(path)
+        self._drop(slot)
+        if slot.row is not None and not self.keep_deleted:
+            self.ops.append(Delete(path))
+            self.counts[Result.DELETED] += 1
+            self.deleted.add(slot.row.id)
+            slot.row = None
+
+    def _delete_tree(self, directory: str) -> None:
+        prefix = directory.rstrip(os.sep) + os.sep
+        for path, slot in self.slots.items():
+            if path.startswith(prefix):
+                self._drop(slot)
+                if slot.row is not None and not self.keep_deleted:
+                    self.deleted.add(slot.row.id)
+                    slot.row = None
+        if not self.keep_deleted:
+            self.ops.append(DeleteTree(directory))
+
+    def _rejudge(self, key: int, path: str) -> None:
+        slot = self._slot(path)
+        row = slot.row
+        if row is None or slot.entry is not None or row.model != self.model:
+            return  # gone, rewritten by this batch anyway, or made by another model (re-embedded by a scan)
+        self.entries[key] = Entry(key, path, row.sha256, row.size, row.mtime, row.model, own_id=row.id,
+                                  same_as_row=row.id, rejudge=True)
+        slot.entry = key
+
+    def _finish(self) -> Plan:
+        """Pick each entry's vector source, oldest entry first."""
+        entries = sorted(self.entries.values(), key=lambda e: (e.mtime, e.path))
+        excluded = frozenset({e.own_id for e in entries if e.own_id is not None} | self.deleted)
+        first_with: dict[str, int] = {}  # sha256 -> the entry of this batch that is embedded for it
+        chosen: list[Entry] = []
+        for entry in entries:
+            if not entry.rejudge:
+                stored = next((c.row.id for c in self.same_bytes.get(entry.sha256, ())
+                               if c.row.model == entry.model and c.row.id not in excluded), None)
+                if stored is not None:
+                    entry = replace(entry, same_as_row=stored, pixels=None)
+                elif entry.sha256 in first_with:
+                    entry = replace(entry, same_as_entry=first_with[entry.sha256], pixels=None)
+                elif entry.key in self.decode_errors:
+                    self.failures.append(Failure(entry.path, self.decode_errors[entry.key]))
+                    continue
+                else:
+                    first_with[entry.sha256] = entry.key
+            chosen.append(entry)
+        return Plan(tuple(self.ops), tuple(chosen), tuple(self.failures), excluded, dict(self.counts))
+
+
+def _given(file: Loaded | None, change: Change) -> Loaded:
+    if file is None:
+        raise ValueError(f"the planner needs the loaded file for {change!r}")
+    return file

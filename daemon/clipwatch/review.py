@@ -1,0 +1,103 @@
+"""Verdicts a person can act on: list them (`clipwatch verdicts`), overrule them (`clipwatch dismiss`),
+or say they were right (`clipwatch confirm`).
+
+A decision is stored in the decisions table beside the images table (shared by every instance sharing
+the table), with who took it and when, keyed by content: the flagged file's sha256 and the sha256 of the
+file it matched, or the reference label it matched. A dismissed pair is never flagged again, by any
+daemon, whatever happens to the files (rescans, re-embeds after a model change, moves); a *different*
+match can still flag the file. Dismissing a row clears every row flagged for the same pair.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from collections.abc import Iterable, Sequence
+from typing import TextIO
+
+from .errors import ClipwatchError
+from .store import ClearVerdict, DecisionRecord, FlaggedRow, Op, RecordDecision, Store
+from .vocab import Decision, Status
+
+
+def default_decider() -> str:
+    """Who takes a decision when --by is not given: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def print_verdicts(rows: Iterable[FlaggedRow], out: TextIO, as_json: bool, limit: int = 0) -> int:
+    """Flagged rows, newest first: JSON lines, or a table. Returns how many were printed."""
+    shown = 0
+    if not as_json:
+        print(f"{'id':>8}  {'status':<10}  {'score':>6}  path  ->  match", file=out)
+    for row in rows:
+        if limit and shown >= limit:
+            break
+        shown += 1
+        if as_json:
+            print(json.dumps({"id": row.id, "path": row.path, "status": row.status, "match_id": row.match_id,
+                              "match_path": row.match_path, "score": row.score, "label": row.label,
+                              "instance": row.instance, "flagged_at": row.updated_at.isoformat()},
+                             ensure_ascii=False), file=out)
+        else:
+            match = f"row {row.match_id} {_printable(row.match_path or '?')}" if row.match_id else repr(row.label)
+            score = "" if row.score is None else f"{row.score:.4f}"
+            print(f"{row.id:>8}  {row.status:<10}  {score:>6}  {_printable(row.path)}  ->  {match}", file=out)
+    return shown
+
+
+def decide(store: Store, ids: Sequence[int], decision: Decision, by: str) -> list[str]:
+    """Record `decision` about each row's verdict, in one transaction; a dismissal clears the verdict of
+    every row flagged for the same pair. Returns a line per row saying what changed. Raises
+    ClipwatchError, changing nothing, if an id is unknown or not flagged."""
+    wanted = list(dict.fromkeys(ids))
+    rows = store.rows_by_id(wanted)
+    _check(wanted, rows)
+    ops: list[Op] = []
+    lines = []
+    for row in (rows[i] for i in wanted):
+        other = (row.match_sha256 if row.status == Status.DUPLICATE else row.label) or ""
+        ops.append(RecordDecision(DecisionRecord(row.status, row.sha256, other, decision, by, row.score, row.id,
+                                                 row.path, row.match_path)))
+        what = f"{decision} row {row.id} {_printable(row.path)}: {_matched(row)}"
+        if decision == Decision.DISMISSED:
+            cleared = sorted(set(store.flagged_with(row.status, row.sha256, other)) | {row.id})
+            ops += [ClearVerdict(i) for i in cleared]
+            others = [str(i) for i in cleared if i != row.id]
+            what += "; now ok, and this pair is not flagged again"
+            if others:
+                what += f" (also cleared, the same pair: rows {', '.join(others)})"
+        lines.append(what)
+    store.apply(ops)
+    return lines
+
+
+def _check(ids: list[int], rows: dict[int, FlaggedRow]) -> None:
+    unknown = [str(i) for i in ids if i not in rows]
+    if unknown:
+        raise ClipwatchError(f"unknown id {', '.join(unknown)}: no such row (`clipwatch verdicts` lists the "
+                             "flagged ones); nothing was changed")
+    for i in ids:
+        row = rows[i]
+        if row.status == Status.OK:
+            raise ClipwatchError(f"row {i} ({_printable(row.path)}) is not flagged; nothing was changed")
+        if row.status == Status.DUPLICATE and row.match_sha256 is None:
+            raise ClipwatchError(f"row {i} ({_printable(row.path)}) was a duplicate of row {row.match_id}, which no "
+                                 "longer exists: the daemon judges it again at its next rescan; nothing was changed")
+
+
+def _matched(row: FlaggedRow) -> str:
+    score = "" if row.score is None else f" (score {row.score:.4f})"
+    if row.status == Status.PROHIBITED:
+        return f"prohibited, like {row.label!r}{score}"
+    return f"duplicate of row {row.match_id} {_printable(row.match_path or '?')}{score}"
+
+
+def _printable(path: str) -> str:
+    """A path as one line of a terminal (a newline in a file name is shown escaped)."""
+    return path if path.isprintable() else path.encode("unicode_escape").decode("ascii")

@@ -1,0 +1,185 @@
+"""What goes into a store and what comes out of it: frozen rows, the operations of a batch, pages of changes.
+
+A leaf of the store package: the worker, the planner and the CLI import these without importing a driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from ..vocab import Action, Decision, Status
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What the worker and the scanner need to know of an existing row (no vector)."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    model: str
+    status: str
+    instance: str = ""
+    match_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SameBytes:
+    """A stored row (any instance) whose file has given bytes, with its vector: an exact copy's evidence."""
+
+    row: StoredFile
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class FlaggedRow:
+    """A row with its verdict and what it matched, for `clipwatch verdicts`, `dismiss` and `confirm`."""
+
+    id: int
+    instance: str
+    path: str
+    sha256: str
+    status: Status
+    match_id: int | None
+    match_path: str | None
+    match_sha256: str | None
+    score: float | None
+    label: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision a person took about a verdict. Keyed by content: the flagged file's sha256 and the
+    match's sha256 (duplicates) or the reference's label (prohibited)."""
+
+    kind: Status
+    sha256: str
+    other: str
+    decision: Decision
+    decided_by: str
+    score: float | None = None
+    row_id: int | None = None
+    path: str = ""
+    match_path: str | None = None
+    id: int = 0  # set when read back
+    decided_at: datetime | None = None  # set when read back
+
+
+@dataclass(frozen=True)
+class PendingMove:
+    """A journalled move of a judged file into the quarantine, committed with its batch and not yet done."""
+
+    id: int
+    src: str
+    dest: str
+    action: Action
+    sha256: str
+
+
+# --- the operations of a batch (Store.apply runs them in order, in one transaction) ---------------------
+
+
+@dataclass(frozen=True)
+class Upsert:
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    model: str
+    embedding: np.ndarray
+    status: Status = Status.OK
+    match_id: int | None = None
+    score: float | None = None
+    label: str | None = None
+    match_path: str | None = None  # the match is another row of the same batch: match_id is set on commit
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Same content as stored: only size and mtime change (no new embedding)."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Rename:
+    src: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class Delete:
+    path: str
+
+
+@dataclass(frozen=True)
+class DeleteTree:
+    directory: str
+
+
+@dataclass(frozen=True)
+class JournalMove:
+    """Record that the file at `src` is to be moved to `dest` once this batch commits (the moves journal)."""
+
+    src: str
+    dest: str
+    action: Action
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FinishMove:
+    """The journalled move `id` is done (or will never be): forget it."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class RecordDecision:
+    decision: DecisionRecord
+
+
+@dataclass(frozen=True)
+class ClearVerdict:
+    """A row (any instance) becomes `ok`: its verdict was dismissed."""
+
+    row_id: int
+
+
+Op = Upsert | Touch | Rename | Delete | DeleteTree | JournalMove | FinishMove | RecordDecision | ClearVerdict
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a committed batch did: ids of upserted paths, ids of deleted rows, ids of journalled moves."""
+
+    ids: dict[str, int] = field(default_factory=dict)
+    deleted: list[int] = field(default_factory=list)
+    moves: dict[str, int] = field(default_factory=dict)  # dest -> journal id
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of rows changed (by any instance) since a point in time, for the index sync."""
+
+    ids: np.ndarray  # int64, rows of the configured model
+    vectors: np.ndarray  # (n, dim) float32
+    other_model: list[int]  # changed rows whose vector comes from another model: not indexed
+    deleted: list[int]
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    backend: str
+    location: str
+    table: str
+    dimension: int | None
+    counts: list[tuple[str, str, int]]  # (status, model, rows)

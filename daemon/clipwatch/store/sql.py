@@ -1,0 +1,202 @@
+"""What clipwatch reads from a SQL store: rows, vectors, changes for the index, verdicts, decisions, moves.
+
+Every query whose answer could grow with the table is paginated (keyset, PAGE rows per query).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+from ..vocab import Action, Decision, Status
+from .base import PAGE
+from .records import ChangePage, DecisionRecord, FlaggedRow, PendingMove, SameBytes, StoredFile, StoreStatus
+from .sqlbase import DECISION_COLUMNS, SQLBase, _prefix_range, _vectors
+
+FILE_COLUMNS = "id, path, sha256, size, mtime, model, status, instance, match_id"  # a StoredFile, in order
+FLAGGED = ("SELECT a.id, a.instance, a.path, a.sha256, a.status, a.match_id, b.path, b.sha256, a.score, a.label, "
+           "a.updated_at FROM {t} a LEFT JOIN {t} b ON b.id = a.match_id")
+
+
+class SQLStore(SQLBase):
+    """The reads both backends share."""
+
+    # --- rows -------------------------------------------------------------------------------------
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, StoredFile]:
+        found: dict[str, StoredFile] = {}
+        for where, params in self._where_paths(paths):
+            rows = self._fetch(f"SELECT {FILE_COLUMNS} FROM {self.t} WHERE {where}", params)
+            found.update((r[1], StoredFile(*r)) for r in rows)
+        return found
+
+    def iter_rows_under(self, directory: str) -> Iterator[StoredFile]:
+        low, high = _prefix_range(directory)
+        p, last = self.PARAM, 0
+        while True:  # keyset pagination by id: each page is one short query, however large the root
+            rows = self._fetch(f"SELECT {FILE_COLUMNS} FROM {self.t} WHERE instance = {p} AND path >= {p} "
+                               f"AND path < {p} AND id > {p} ORDER BY id LIMIT {PAGE}",
+                               [self.instance, low, high, last])
+            yield from (StoredFile(*r) for r in rows)
+            if len(rows) < PAGE:
+                return
+            last = rows[-1][0]
+
+    def has_rows_under(self, directory: str) -> bool:
+        low, high = _prefix_range(directory)
+        p = self.PARAM
+        return bool(self._fetch(f"SELECT 1 FROM {self.t} WHERE instance = {p} AND path >= {p} AND path < {p} "
+                                "LIMIT 1", [self.instance, low, high]))
+
+    def find_by_sha256(self, shas: Sequence[str]) -> dict[str, list[SameBytes]]:
+        found: dict[str, list[SameBytes]] = {}
+        rows = self._by_chunks(f"SELECT {FILE_COLUMNS}, embedding FROM {self.t} "
+                               "WHERE sha256 IN ({marks}) ORDER BY id", [s for s in shas if s])
+        for r in sorted(rows, key=lambda r: r[0]):
+            found.setdefault(r[2], []).append(SameBytes(StoredFile(*r[:-1]), _vectors([r[-1]])[0]))
+        return found
+
+    def vectors_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        rows = self._by_chunks(f"SELECT id, embedding FROM {self.t} WHERE id IN ({{marks}})", ids)
+        return {int(r[0]): v for r, v in zip(rows, _vectors([r[1] for r in rows]), strict=True)}
+
+    def paths_of(self, ids: Sequence[int]) -> dict[int, str]:
+        return {int(i): str(p) for i, p in
+                self._by_chunks(f"SELECT id, path FROM {self.t} WHERE id IN ({{marks}})", ids)}
+
+    def shas_of(self, ids: Sequence[int]) -> dict[int, str]:
+        return {int(i): str(s) for i, s in
+                self._by_chunks(f"SELECT id, sha256 FROM {self.t} WHERE id IN ({{marks}})", ids)}
+
+    # --- the similarity index's feed ----------------------------------------------------------------
+
+    def iter_vectors(self, model: str, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last = 0
+        p = self.PARAM
+        while True:  # keyset pagination: each page is one short query, however large the table
+            rows = self._fetch(f"SELECT id, embedding FROM {self.t} WHERE model = {p} AND id > {p} "
+                               f"ORDER BY id LIMIT {int(chunk)}", [model, last])
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield np.array([r[0] for r in rows], dtype=np.int64), _vectors([r[1] for r in rows])
+
+    def count_vectors(self, model: str) -> int:
+        return int(self._fetch(f"SELECT COUNT(*) FROM {self.t} WHERE model = {self.PARAM}", [model])[0][0])
+
+    def iter_changes(self, since: datetime, model: str, page: int = PAGE) -> Iterator[ChangePage]:
+        changed = self._pages_since(f"SELECT id, model, embedding, updated_at FROM {self.t}", "updated_at",
+                                    since, page)
+        for rows in changed:
+            ours = [r for r in rows if r[1] == model]
+            yield ChangePage(ids=np.array([r[0] for r in ours], dtype=np.int64), vectors=_vectors([r[2] for r in ours]),
+                             other_model=[r[0] for r in rows if r[1] != model], deleted=[])
+        for rows in self._pages_since(f"SELECT id, deleted_at FROM {self.deleted_table}", "deleted_at",
+                                      since, page):
+            yield ChangePage(ids=np.zeros(0, np.int64), vectors=np.zeros((0, 0), np.float32), other_model=[],
+                             deleted=[r[0] for r in rows])
+
+    def _pages_since(self, select: str, column: str, since: datetime, page: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows of `select` whose `column` >= since, in (column, id) order, `page` at a time (keyset).
+        `column` is the last one selected, id the first."""
+        p = self.PARAM
+        last_time, last_id = self._timestamp(since), -1
+        while True:
+            rows = self._fetch(f"{select} WHERE {column} >= {p} AND ({column} > {p} OR id > {p}) "
+                               f"ORDER BY {column}, id LIMIT {int(page)}", [last_time, last_time, last_id])
+            if rows:
+                yield rows
+            if len(rows) < page:
+                return
+            last_time, last_id = rows[-1][-1], rows[-1][0]
+
+    def now(self) -> datetime:
+        return self._parse_time(self._fetch(f"SELECT {self.NOW}")[0][0])
+
+    def _timestamp(self, when: datetime) -> Any:
+        return when
+
+    def _parse_time(self, value: Any) -> datetime:
+        if not isinstance(value, datetime):
+            raise StoreError(f"{self.location()}: expected a timestamp, got {value!r}")
+        return value
+
+    def prune_tombstones(self, before: datetime) -> None:
+        with self._transaction() as cur:
+            cur.execute(f"DELETE FROM {self.deleted_table} WHERE deleted_at < {self.PARAM}",
+                        (self._timestamp(before),))
+
+    # --- verdicts, decisions, moves ---------------------------------------------------------------
+
+    def dependents(self, ids: Sequence[int], everywhere: bool = False) -> list[StoredFile]:
+        ours = "" if everywhere else f"instance = {self.PARAM} AND "
+        rows = self._by_chunks(f"SELECT {FILE_COLUMNS} FROM {self.t} WHERE {ours}match_id IN ({{marks}})",
+                               ids, extra=[] if everywhere else [self.instance])
+        return [StoredFile(*r) for r in rows]
+
+    def dangling(self, limit: int = PAGE) -> list[StoredFile]:
+        rows = self._fetch(f"SELECT {', '.join('a.' + c for c in FILE_COLUMNS.split(', '))} FROM {self.t} a "
+                           f"WHERE a.instance = {self.PARAM} AND a.match_id IS NOT NULL AND NOT EXISTS "
+                           f"(SELECT 1 FROM {self.t} b WHERE b.id = a.match_id) LIMIT {int(limit)}", [self.instance])
+        return [StoredFile(*r) for r in rows]
+
+    def flagged(self, status: Status | None = None, page: int = PAGE) -> Iterator[FlaggedRow]:
+        statuses = [status] if status else [Status.DUPLICATE, Status.PROHIBITED]
+        p, select = self.PARAM, FLAGGED.format(t=self.t)
+        keyset: list[Any] = []
+        while True:
+            after = f" AND (a.updated_at < {p} OR (a.updated_at = {p} AND a.id < {p}))" if keyset else ""
+            rows = self._fetch(f"{select} WHERE a.status IN ({self._marks(len(statuses))}){after} "
+                               f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(page)}", [*statuses, *keyset])
+            yield from (self._flagged_row(r) for r in rows)
+            if len(rows) < page:
+                return
+            keyset = [rows[-1][-1], rows[-1][-1], rows[-1][0]]
+
+    def rows_by_id(self, ids: Sequence[int]) -> dict[int, FlaggedRow]:
+        rows = self._by_chunks(FLAGGED.format(t=self.t) + " WHERE a.id IN ({marks})", ids)
+        return {int(r[0]): self._flagged_row(r) for r in rows}
+
+    def _flagged_row(self, r: tuple[Any, ...]) -> FlaggedRow:
+        return FlaggedRow(int(r[0]), r[1], r[2], r[3], Status(r[4]), r[5], r[6], r[7], r[8], r[9],
+                          self._parse_time(r[10]))
+
+    def flagged_with(self, kind: Status, sha256: str, other: str) -> list[int]:
+        p = self.PARAM
+        if kind == Status.PROHIBITED:
+            rows = self._fetch(f"SELECT id FROM {self.t} WHERE status = {p} AND sha256 = {p} AND label = {p}",
+                               [kind, sha256, other])
+        else:
+            rows = self._fetch(f"SELECT a.id FROM {self.t} a JOIN {self.t} b ON b.id = a.match_id "
+                               f"WHERE a.status = {p} AND ((a.sha256 = {p} AND b.sha256 = {p}) "
+                               f"OR (a.sha256 = {p} AND b.sha256 = {p}))", [kind, sha256, other, other, sha256])
+        return [int(r[0]) for r in rows]
+
+    def decisions(self) -> list[DecisionRecord]:
+        rows = self._fetch(f"SELECT {', '.join(DECISION_COLUMNS)}, id, decided_at FROM {self.decisions_table} "
+                           "ORDER BY id")
+        return [DecisionRecord(kind=Status(r[0]), sha256=r[1], other=r[2], decision=Decision(r[3]), decided_by=r[4],
+                               score=r[5], row_id=r[6], path=r[7], match_path=r[8], id=int(r[9]),
+                               decided_at=self._parse_time(r[10])) for r in rows]
+
+    def decisions_version(self) -> tuple[int, int]:
+        count, largest = self._fetch(f"SELECT COUNT(*), MAX(id) FROM {self.decisions_table}")[0]
+        return int(count), int(largest or 0)
+
+    def pending_moves(self) -> list[PendingMove]:
+        rows = self._fetch(f"SELECT id, src, dest, action, sha256 FROM {self.moves_table} "
+                           f"WHERE instance = {self.PARAM} ORDER BY id", [self.instance])
+        return [PendingMove(int(r[0]), r[1], r[2], Action(r[3]), r[4]) for r in rows]
+
+    def status(self) -> StoreStatus:
+        dim = self.table_dimension()
+        counts: list[tuple[str, str, int]] = []
+        if dim is not None:
+            rows = self._fetch(f"SELECT status, model, COUNT(*) FROM {self.t} "
+                               "GROUP BY status, model ORDER BY status, model")
+            counts = [(str(s), str(m), int(n)) for s, m, n in rows]
+        return StoreStatus(self.backend, self.location(), self.table, dim, counts)
