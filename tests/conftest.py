@@ -17,14 +17,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from clipwatch.changes import Change
 from clipwatch.config import Config
 from clipwatch.config_loader import load_config
 from clipwatch.embedder import Embedder
+from clipwatch.service import Service
 from clipwatch.store import Store, StoredFile, open_store
 from clipwatch.testing import build_random_clip
 
@@ -143,6 +146,79 @@ def open_test_store(make_config: Callable[..., Config]) -> Iterator[Callable[...
         s.close()
 
 
+class CountingEmbedder(Embedder):
+    """The real model; counts forward passes (the behaviour under test is how often it is called)."""
+
+    def __init__(self, real: Embedder) -> None:
+        self.__dict__.update(real.__dict__)
+        self.calls: list[int] = []
+
+    def embed_images(self, images):  # type: ignore[no-untyped-def]
+        self.calls.append(len(images))
+        return super().embed_images(images)
+
+
+class Harness:
+    """The real wiring (`Service.open`), driven batch by batch instead of by the watcher."""
+
+    def __init__(self, config: Config, embedder: Embedder) -> None:
+        self.config = config
+        self.root = Path(config.watch.paths[0])
+        self.embedder = CountingEmbedder(embedder)
+        self.service = Service(config, embedder=self.embedder)
+        self.service.open()
+        assert self.service.store is not None and self.service.worker is not None
+        self.store, self.worker, self.metrics = self.service.store, self.service.worker, self.service.metrics
+        self.changes = self.service.intake.queue
+
+    def feed(self, *changes: Change) -> None:
+        """Queue the changes, then let the worker drain the queue (burst mode) and return."""
+        for c in changes:
+            self.changes.put(c)
+        done = threading.Event()
+        done.set()
+        self.worker.run(threading.Event(), inputs_done=done)
+
+    def upsert(self, *paths: Path) -> None:
+        self.feed(*(Change("upsert", str(p)) for p in paths))
+
+    def rows(self) -> dict[str, StoredFile]:
+        return {f.path: f for f in self.store.iter_rows_under(str(self.root))}
+
+    def verdicts(self) -> dict[str, Verdict]:
+        """Every row of the table (any instance, any place, the quarantine too) by path."""
+        return all_verdicts(self.store)
+
+
+class Verdict(NamedTuple):
+    id: int
+    status: str
+    match_id: int | None
+    score: float | None
+    label: str | None
+
+
+def all_verdicts(store: Store) -> dict[str, Verdict]:
+    rows = store._fetch(f"SELECT path, id, status, match_id, score, label FROM {store.t}")  # type: ignore[attr-defined]  # noqa: S608
+    return {r[0]: Verdict(*r[1:]) for r in rows}
+
+
+@pytest.fixture
+def make_harness(store_url: str, make_config: Callable[..., Config], embedder: Embedder) -> Iterator[
+        Callable[..., Harness]]:
+    """Harnesses on the test's store (both backends), closed at the end; keyword arguments are config keys."""
+    made: list[Harness] = []
+
+    def make(**overrides: object) -> Harness:
+        h = Harness(make_config(store_url, **overrides), embedder)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.service.close()
+
+
 def clipwatch_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "clipwatch.cli", *args]
 
@@ -155,9 +231,9 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
 class Daemon:
     """A running `clipwatch run` whose JSON log lines are collected as they arrive."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], command: list[str] | None = None) -> None:
         # The daemon logs to stdout; errors before logging starts go to stderr: both are read.
-        self.proc = subprocess.Popen(clipwatch_command("run"), env={**os.environ, **env}, text=True,
+        self.proc = subprocess.Popen(command or clipwatch_command("run"), env={**os.environ, **env}, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.events: list[dict[str, object]] = []
         self.raw: list[str] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,23 +23,7 @@ from clipwatch.planner import Entry
 from clipwatch.references import References
 from clipwatch.store import Delete, Upsert, open_store
 from clipwatch.sync import IndexSync, load_index
-from conftest import vector_at, write_image
-from test_worker import Harness
-
-
-@pytest.fixture
-def make_harness(store_url: str, make_config: Callable[..., Config], embedder: Embedder) -> Iterator[
-        Callable[..., Harness]]:
-    made: list[Harness] = []
-
-    def make(**overrides: object) -> Harness:
-        h = Harness(make_config(store_url, **overrides), embedder)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.service.close()
+from conftest import Harness, vector_at, write_image
 
 
 def row(h: Harness, path: Path):  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,48 +14,7 @@ import pytest
 from clipwatch.changes import Change
 from clipwatch.config import Config
 from clipwatch.embedder import Embedder
-from clipwatch.service import Service
-from conftest import vector_at, write_image
-
-
-class CountingEmbedder(Embedder):
-    """The real model; counts forward passes (the behaviour under test is how often it is called)."""
-
-    def __init__(self, real: Embedder) -> None:
-        self.__dict__.update(real.__dict__)
-        self.calls: list[int] = []
-
-    def embed_images(self, images):  # type: ignore[no-untyped-def]
-        self.calls.append(len(images))
-        return super().embed_images(images)
-
-
-class Harness:
-    """The real wiring (`Service.open`), driven batch by batch instead of by the watcher."""
-
-    def __init__(self, config: Config, embedder: Embedder) -> None:
-        self.config = config
-        self.root = Path(config.watch.paths[0])
-        self.embedder = CountingEmbedder(embedder)
-        self.service = Service(config, embedder=self.embedder)
-        self.service.open()
-        assert self.service.store is not None and self.service.worker is not None
-        self.store, self.worker, self.metrics = self.service.store, self.service.worker, self.service.metrics
-        self.changes = self.service.intake.queue
-
-    def feed(self, *changes: Change) -> None:
-        """Queue the changes, then let the worker drain the queue (burst mode) and return."""
-        for c in changes:
-            self.changes.put(c)
-        done = threading.Event()
-        done.set()
-        self.worker.run(threading.Event(), inputs_done=done)
-
-    def upsert(self, *paths: Path) -> None:
-        self.feed(*(Change("upsert", str(p)) for p in paths))
-
-    def rows(self) -> dict[str, object]:
-        return {f.path: f for f in self.store.iter_rows_under(str(self.root))}
+from conftest import Harness, vector_at, write_image
 
 
 @pytest.fixture
