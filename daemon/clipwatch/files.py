@@ -50,9 +50,12 @@ class PathFilter:
         return not any(self.ignored_name(part) for part in os.path.relpath(path, root).split(os.sep))
 
     def walk(self, root: str) -> Iterator[os.DirEntry[str]]:
-        """Every accepted regular file below `root`; ignored directories and symlinks are not entered."""
+        """Every accepted regular file below `root`; ignored directories and symlinks are not entered.
+        Each directory's files come oldest first (mtime, then name): a first scan stores the oldest copy of
+        a picture first, so it is the original also when its copies fall into later batches."""
         stack = [root]
         while stack:
+            files: list[tuple[float, str, os.DirEntry[str]]] = []
             try:
                 with os.scandir(stack.pop()) as entries:
                     for entry in entries:
@@ -60,9 +63,17 @@ class PathFilter:
                             if not self.ignored_name(entry.name):
                                 stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False) and self.accepts(entry.path):
-                            yield entry
+                            files.append((_mtime(entry), entry.name, entry))
             except OSError:
-                continue  # a directory removed or unreadable while walking: the watcher reports what follows
+                pass  # a directory removed or unreadable while walking: the watcher reports what follows
+            yield from (entry for *_, entry in sorted(files, key=lambda f: f[:2]))
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
 
 
 @dataclass(frozen=True)
