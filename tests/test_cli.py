@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,21 @@ def test_scan_ingests_once_and_reports_a_summary(env: dict[str, str], tmp_path: 
     report = json.loads(status.stdout)
     assert report["dimension"] == 512
     assert report["rows"] == [{"status": "ok", "model": "tiny-clip", "count": 2}]
+
+
+def test_scan_stores_files_stamped_in_the_future_and_accounts_for_every_file(env: dict[str, str], tmp_path: Path):
+    # A camera with a wrong clock, `cp -p` from an archive, a share with clock skew: mtimes ahead of now.
+    root = tmp_path / "watched"
+    ahead = time.time() + 86_400
+    for i in range(3):
+        os.utime(write_image(root / f"from-the-future-{i}.jpg", seed=i), (ahead, ahead))
+    write_image(root / "just-written.jpg", seed=9)  # modified a moment ago: a one-shot scan takes it as it is
+    (root / "broken.jpg").write_bytes(b"not an image")
+    result = run_cli("scan", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "5 image files, 5 new or changed, 0 gone; embedded 4, unchanged 0, deleted 0, failed 1" in result.stdout
+    status = json.loads(run_cli("db", "status", "--json", env=env).stdout)
+    assert status["rows"] == [{"status": "ok", "model": "tiny-clip", "count": 4}]
 
 
 def test_db_init_creates_the_table_without_loading_the_model(env: dict[str, str]):
