@@ -326,3 +326,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_mysql(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A MySQL 9 of this test's own, which it may stop and start (the shared one serves other tests)."""
+    env = {**os.environ, "CLIPWATCH_MYSQL_DIR": str(tmp_path / "mysql"), "CLIPWATCH_MYSQL_PORT": str(free_port())}
+    script = str(Path(__file__).resolve().parent.parent / "scripts" / "mysql9.sh")
+
+    def start() -> str:
+        return subprocess.run([script, "start"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+    def stop() -> None:
+        subprocess.run([script, "stop"], env=env, check=True, capture_output=True)
+
+    url = start()
+    yield url, start, stop
+    stop()

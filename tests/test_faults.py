@@ -13,7 +13,6 @@ import random
 import signal
 import socket
 import struct
-import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -90,23 +89,6 @@ def test_ten_kill_9s_during_an_ingest_of_2000_files_end_with_exactly_2000_correc
         assert final.stop() == 0
     assert len(expected) == 2000
     assert_vectors_correct(reader, embedder, random.Random(1).sample(sorted(expected), 20))
-
-
-@pytest.fixture
-def private_mysql(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A MySQL 9 of this test's own, which it may stop and start (the shared one serves other tests)."""
-    env = {**os.environ, "CLIPWATCH_MYSQL_DIR": str(tmp_path / "mysql"), "CLIPWATCH_MYSQL_PORT": str(free_port())}
-    script = str(ROOT / "scripts" / "mysql9.sh")
-
-    def start() -> str:
-        return subprocess.run([script, "start"], env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-    def stop() -> None:
-        subprocess.run([script, "stop"], env=env, check=True, capture_output=True)
-
-    url = start()
-    yield url, start, stop
-    stop()
 
 
 @pytest.mark.mysql
