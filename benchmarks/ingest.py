@@ -272,7 +272,10 @@ def scan_rate(url: str, embedder: Embedder, files: list[Path], work: Path, name:
     service = Service(load_config(None, env=env), embedder=embedder)
     service.open()
     started = time.perf_counter()
-    service.scan()
+    try:
+        service.scan()
+    finally:
+        service.close()
     elapsed = time.perf_counter() - started
     assert row_count(env) == len(files), "scan did not store every file"
     drop_table(env)

@@ -7,6 +7,7 @@ are judged again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -99,12 +100,12 @@ def test_a_move_and_an_edit_in_one_batch_keep_the_row_and_do_not_match_it(make_h
     reencode(moved)
     if order == "move then edit":
         h.feed(Change(ChangeKind.MOVE, str(a), str(moved)), Change(ChangeKind.UPSERT, str(moved)))
-    else:  # the event of the edit came first, under the old name (which is gone by the time it is read)
+    else:  # the edit's event names the old name, which is gone by the time it is read: the rename says where
         h.feed(Change(ChangeKind.UPSERT, str(a)), Change(ChangeKind.MOVE, str(a), str(moved)))
-        h.upsert(moved)
     after = h.verdicts()
     assert str(a) not in after and after[str(moved)].id == row.id
     assert after[str(moved)].status == "ok"
+    assert h.rows()[str(moved)].sha256 == hashlib.sha256(moved.read_bytes()).hexdigest()  # the new bytes
 
 
 def test_copies_judged_together_make_the_oldest_the_original(make_harness: Callable[..., Harness]):
@@ -262,8 +263,44 @@ def test_dismiss_clears_every_row_flagged_for_the_same_pair(make_harness: Callab
     h.upsert(*copies)
     ids = [h.verdicts()[str(c)].id for c in copies]
     code, out, _ = cli("dismiss", str(ids[0]))
-    assert code == 0 and f"also cleared, the same pair: rows {ids[1]}" in out
+    assert code == 0 and f"the same pair, cleared too: row {ids[1]})" in out
     assert {h.verdicts()[str(c)].status for c in copies} == {"ok"}
+
+
+def test_a_dismissal_leaves_byte_identical_copies_copies_of_each_other(make_harness: Callable[..., Harness], cli):
+    # Found by the property test: two identical copies were flagged against an original that was then
+    # re-encoded; dismissing one pair cleared both, leaving two identical files both "ok".
+    h = make_harness()
+    original = write_image(h.root / "original.jpg", seed=15)
+    h.upsert(original)
+    first = copy_with_mtime(original, h.root / "first.jpg", original.stat().st_mtime + 1)
+    second = copy_with_mtime(original, h.root / "second.jpg", original.stat().st_mtime + 2)
+    h.upsert(first, second)
+    reencode(original)
+    h.upsert(original)  # the copies keep their verdicts, against the original's row
+    ids = {p: h.verdicts()[str(p)].id for p in (first, second)}
+    code, out, _ = cli("dismiss", str(ids[first]))
+    assert code == 0 and f"row {ids[second]}, now a duplicate of row {ids[first]}" in out
+    v = h.verdicts()
+    assert v[str(first)][1:3] == ("ok", None)
+    assert v[str(second)][1:4] == ("duplicate", ids[first], 1.0)
+
+
+def test_a_file_renamed_and_copied_in_one_batch_stays_the_original(make_harness: Callable[..., Harness],
+                                                                   tmp_path: Path):
+    # Found by the property test (the planner case is in test_planner.py): with quarantine, the renamed
+    # original was quarantined as a copy of its own copy.
+    h = make_harness(duplicates__action="quarantine", quarantine__dir=str(tmp_path / "q"))
+    original = write_image(h.root / "original.jpg", seed=16)
+    h.upsert(original)
+    row = h.verdicts()[str(original)]
+    copy = copy_with_mtime(original, h.root / "copy.jpg", original.stat().st_mtime + 1)
+    renamed = h.root / "renamed.jpg"
+    original.rename(renamed)
+    h.feed(Change(ChangeKind.UPSERT, str(copy)), Change(ChangeKind.MOVE, str(original), str(renamed)))
+    v = h.verdicts()
+    assert renamed.exists() and v[str(renamed)] == row  # the same row, still the original
+    assert not copy.exists() and v[str(tmp_path / "q" / "copy.jpg")][1:3] == ("duplicate", row.id)
 
 
 def test_confirm_records_the_decision_and_changes_no_row(make_harness: Callable[..., Harness], cli):

@@ -39,7 +39,10 @@ def cmd_scan(config: Config) -> int:
 
     service = Service.opened(config)
     progress = _progress if sys.stderr.isatty() else None
-    counts = service.scan(progress)
+    try:
+        counts = service.scan(progress)
+    finally:
+        service.close()
     if progress:
         print(file=sys.stderr)
     done = {r: service.metrics.processed_count(r) for r in Result}

@@ -69,6 +69,7 @@ class Plan:
     failures: tuple[Failure, ...] = ()
     excluded: frozenset[int] = frozenset()  # rows rewritten or deleted by this batch
     counts: Mapping[Result, int] = field(default_factory=dict)
+    follow_up: tuple[str, ...] = ()  # files this batch could not place: ingest them in a batch of their own
 
 
 @dataclass
@@ -79,16 +80,20 @@ class _Slot:
     entry: int | None = None
 
 
-def needs_loading(changes: Sequence[Change], rows: Mapping[str, StoredFile]) -> list[int]:
-    """Positions of the renames whose destination the planner may have to ingest as a new file, so it must
-    be read (the batcher reads only upserted files ahead): those whose source has no stored row, or whose
-    source an earlier change of the batch removed or replaced."""
+def needs_loading(changes: Sequence[Change], rows: Mapping[str, StoredFile],
+                  dest_stats: Mapping[str, tuple[int, float] | None]) -> list[int]:
+    """Positions of the renames whose destination must be read (the batcher reads only upserted files
+    ahead): those whose source has no stored row or was removed or replaced earlier in the batch (the
+    destination may be a new file to us), and those whose destination's (size, mtime) in `dest_stats`
+    differs from the row's (the file changed before it was renamed: its bytes decide)."""
     touched: set[str] = set()
     trees: list[str] = []
     need = []
     for i, change in enumerate(changes):
-        if change.kind == ChangeKind.MOVE and (change.path not in rows or change.path in touched
-                                               or any(change.path.startswith(t) for t in trees)):
+        row = rows.get(change.path)
+        if change.kind == ChangeKind.MOVE and (row is None or change.path in touched
+                                               or any(change.path.startswith(t) for t in trees)
+                                               or dest_stats.get(change.dest) != (row.size, row.mtime)):
             need.append(i)
         if change.kind in (ChangeKind.DELETE, ChangeKind.MOVE):
             touched.add(change.path)
@@ -102,8 +107,10 @@ def plan(changes: Sequence[Change], rows: Mapping[str, StoredFile], loaded: Sequ
          keep_deleted: bool = False) -> Plan:
     """`rows`: this instance's rows of the paths involved. `loaded`: per change, the file at its path (its
     destination, for a rename in `needs_loading`). `same_bytes`: stored rows by sha256, oldest first.
-    `missing`: paths of our rows under the roots whose file no longer exists."""
-    return _Planner(rows, same_bytes, missing, model, instance, keep_deleted).run(changes, loaded)
+    `missing`: paths of our rows under the roots whose file no longer exists (a rename in the batch says
+    where such a file went: its row is never taken for another file with the same bytes)."""
+    moved_away = frozenset(c.path for c in changes if c.kind == ChangeKind.MOVE)
+    return _Planner(rows, same_bytes, missing - moved_away, model, instance, keep_deleted).run(changes, loaded)
 
 
 class _Planner:
@@ -118,6 +125,7 @@ class _Planner:
         self.failures: list[Failure] = []
         self.counts: Counter[Result] = Counter()
         self.deleted: set[int] = set()
+        self.follow_up: list[str] = []
 
     def run(self, changes: Sequence[Change], loaded: Sequence[Loaded | None]) -> Plan:
         for key, (change, file) in enumerate(zip(changes, loaded, strict=True)):
@@ -189,7 +197,10 @@ class _Planner:
         src_path, dest_path = change.path, change.dest
         src = self._slot(src_path)
         if src.row is None and src.entry is None:  # nothing known under the old name: a new file
-            self._upsert(key, dest_path, _given(file, change))
+            if file is None:  # not read with the batch: a batch of its own reads it (never the case today)
+                self.follow_up.append(dest_path)
+            else:
+                self._upsert(key, dest_path, file)
             return
         problem = name_problem(dest_path)
         if problem is not None:  # renamed to a name the store cannot hold: gone, as far as rows go
@@ -209,6 +220,8 @@ class _Planner:
         self.slots[src_path], self.slots[dest_path] = _Slot(), _Slot(row, entry)
         if entry is not None:  # written, then renamed: the row goes under the final name
             self.entries[entry] = replace(self.entries[entry], path=dest_path, own_id=row.id if row else None)
+        elif file is not None:  # the file was read under its new name: it may have changed before the rename
+            self._upsert(key, dest_path, file)
 
     def _delete(self, path: str) -> None:
         slot = self._slot(path)
@@ -259,7 +272,8 @@ class _Planner:
                 else:
                     first_with[entry.sha256] = entry.key
             chosen.append(entry)
-        return Plan(tuple(self.ops), tuple(chosen), tuple(self.failures), excluded, dict(self.counts))
+        return Plan(tuple(self.ops), tuple(chosen), tuple(self.failures), excluded, dict(self.counts),
+                    tuple(self.follow_up))
 
 
 def _given(file: Loaded | None, change: Change) -> Loaded:

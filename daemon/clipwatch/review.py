@@ -16,8 +16,9 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import TextIO
 
+from .decisions import Decisions
 from .errors import ClipwatchError
-from .store import ClearVerdict, DecisionRecord, FlaggedRow, Op, RecordDecision, Store
+from .store import DecisionRecord, FlaggedRow, Op, RecordDecision, SetVerdict, Store
 from .vocab import Decision, Status
 
 
@@ -52,29 +53,59 @@ def print_verdicts(rows: Iterable[FlaggedRow], out: TextIO, as_json: bool, limit
 
 
 def decide(store: Store, ids: Sequence[int], decision: Decision, by: str) -> list[str]:
-    """Record `decision` about each row's verdict, in one transaction; a dismissal clears the verdict of
-    every row flagged for the same pair. Returns a line per row saying what changed. Raises
+    """Record `decision` about each row's verdict, in one transaction. A dismissal clears the verdict of
+    every row flagged for the same pair; among those, byte-identical files stay copies of one another (a
+    dismissal says "these bytes are not a copy of those", not that twins are not twins): each points at
+    the oldest row with its bytes. Returns a line per row saying what changed. Raises
     ClipwatchError, changing nothing, if an id is unknown or not flagged."""
     wanted = list(dict.fromkeys(ids))
     rows = store.rows_by_id(wanted)
     _check(wanted, rows)
     ops: list[Op] = []
-    lines = []
+    cleared: dict[int, list[int]] = {}  # dismissed row -> the rows its dismissal clears
     for row in (rows[i] for i in wanted):
         other = (row.match_sha256 if row.status == Status.DUPLICATE else row.label) or ""
         ops.append(RecordDecision(DecisionRecord(row.status, row.sha256, other, decision, by, row.score, row.id,
                                                  row.path, row.match_path)))
-        what = f"{decision} row {row.id} {_printable(row.path)}: {_matched(row)}"
         if decision == Decision.DISMISSED:
-            cleared = sorted(set(store.flagged_with(row.status, row.sha256, other)) | {row.id})
-            ops += [ClearVerdict(i) for i in cleared]
-            others = [str(i) for i in cleared if i != row.id]
-            what += "; now ok, and this pair is not flagged again"
-            if others:
-                what += f" (also cleared, the same pair: rows {', '.join(others)})"
-        lines.append(what)
+            cleared[row.id] = sorted(set(store.flagged_with(row.status, row.sha256, other)) | {row.id})
+    verdicts: dict[int, SetVerdict] = {}
+    if cleared:
+        known = Decisions([*store.decisions(), *(op.decision for op in ops if isinstance(op, RecordDecision))])
+        verdicts = _after_dismissal(store, sorted({i for c in cleared.values() for i in c}), known)
+    ops += verdicts.values()
     store.apply(ops)
-    return lines
+    return [_said(rows[i], decision, cleared.get(i, []), verdicts) for i in wanted]
+
+
+def _after_dismissal(store: Store, cleared: list[int], decisions: Decisions) -> dict[int, SetVerdict]:
+    """The verdict of each cleared row: ok, or an exact copy of the oldest row with its bytes."""
+    shas = store.shas_of(cleared)
+    twins = store.find_by_sha256(sorted(set(shas.values())))
+    verdicts = {}
+    for row_id in cleared:
+        sha = shas[row_id]
+        oldest = twins[sha][0].row.id if twins.get(sha) else row_id
+        if oldest == row_id or decisions.pair_dismissed(sha, sha):
+            verdicts[row_id] = SetVerdict(row_id)
+        else:
+            verdicts[row_id] = SetVerdict(row_id, Status.DUPLICATE, oldest, 1.0)
+    return verdicts
+
+
+def _said(row: FlaggedRow, decision: Decision, cleared: list[int], verdicts: dict[int, SetVerdict]) -> str:
+    what = f"{decision} row {row.id} {_printable(row.path)}: {_matched(row)}"
+    if decision != Decision.DISMISSED:
+        return what
+    own = verdicts[row.id]
+    what += ("; now ok" if own.status == Status.OK else f"; now a duplicate of row {own.match_id}, which has "
+             "the same bytes") + ", and this pair is not flagged again"
+    others = [verdicts[i] for i in cleared if i != row.id]
+    if others:
+        what += " (the same pair, cleared too: " + ", ".join(
+            f"row {v.row_id}" + ("" if v.status == Status.OK else f", now a duplicate of row {v.match_id}")
+            for v in others) + ")"
+    return what
 
 
 def _check(ids: list[int], rows: dict[int, FlaggedRow]) -> None:

@@ -188,7 +188,8 @@ class Service:
                 self.watcher.ensure_watches()
 
     def scan(self, on_progress: Callable[[ScanCounts, Metrics], None] | None = None) -> ScanCounts:
-        """One-shot reconcile: scan every root, process everything queued, return the counts."""
+        """One-shot reconcile: scan every root, process everything queued, return the counts. The service
+        stays open (its opener closes it)."""
         assert self.worker is not None
         inputs_done = threading.Event()
         worker = threading.Thread(target=self.worker.run, args=(self.stop_event, inputs_done), name="worker")
@@ -205,7 +206,6 @@ class Service:
         finally:
             inputs_done.set()
             worker.join()
-            self.close()
         return self.scan_counts
 
     def _scan_all(self, settle: bool = True, source: Source = Source.SCAN) -> None:

@@ -146,13 +146,18 @@ class Worker:
                             model=self.embedder.identity, instance=self.store.instance,
                             keep_deleted=self.config.store.on_delete == "keep")
         entries, failures = self._vectors(plan, same_bytes, stop)
-        return self._judge_and_commit(plan, entries, failures, same_bytes, stop)
+        committed = self._judge_and_commit(plan, entries, failures, same_bytes, stop)
+        if committed is not None and plan.follow_up:
+            self.process([Change(ChangeKind.UPSERT, p) for p in plan.follow_up],
+                          [self.batcher.submit(p) for p in plan.follow_up], stop)
+        return committed
 
     def _wait_for(self, batch: list[Change], loads: Sequence[Future[Loaded] | None],
                   rows: Mapping[str, StoredFile]) -> list[Loaded | None]:
         """Each change's file as the decode pool read it; renames of unknown files are read now."""
         futures = list(loads)
-        for i in planner.needs_loading(batch, rows):
+        dests = {c.dest: _size_and_mtime(c.dest) for c in batch if c.kind == ChangeKind.MOVE}
+        for i in planner.needs_loading(batch, rows, dests):
             futures[i] = self.batcher.submit(batch[i].dest)
         waiting = time.monotonic()  # the model thread holds a batch whose files may still be decoding
         loaded = [f.result() if f is not None else None for f in futures]
@@ -266,3 +271,11 @@ class Worker:
         if committed is not None:
             self._finished(committed, len(own))
         return committed
+
+
+def _size_and_mtime(path: str) -> tuple[int, float] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime

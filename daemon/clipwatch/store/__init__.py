@@ -7,7 +7,6 @@ from .base import PAGE, Store
 from .records import (
     Applied,
     ChangePage,
-    ClearVerdict,
     DecisionRecord,
     Delete,
     DeleteTree,
@@ -19,6 +18,7 @@ from .records import (
     RecordDecision,
     Rename,
     SameBytes,
+    SetVerdict,
     StoredFile,
     StoreStatus,
     Touch,
@@ -39,6 +39,6 @@ def open_store(config: Config) -> Store:
                       config.store.connect_timeout_s)
 
 
-__all__ = ["PAGE", "Applied", "ChangePage", "ClearVerdict", "DecisionRecord", "Delete", "DeleteTree", "FinishMove",
+__all__ = ["PAGE", "Applied", "ChangePage", "SetVerdict", "DecisionRecord", "Delete", "DeleteTree", "FinishMove",
            "FlaggedRow", "JournalMove", "Op", "PendingMove", "RecordDecision", "Rename", "SameBytes", "Store",
            "StoreStatus", "StoredFile", "Touch", "Upsert", "open_store"]

@@ -148,13 +148,17 @@ class RecordDecision:
 
 
 @dataclass(frozen=True)
-class ClearVerdict:
-    """A row (any instance) becomes `ok`: its verdict was dismissed."""
+class SetVerdict:
+    """A row's (any instance's) verdict changes, and nothing else: a dismissed verdict cleared (`ok`), or a
+    copy left by a dismissal pointed at its twin."""
 
     row_id: int
+    status: Status = Status.OK
+    match_id: int | None = None
+    score: float | None = None
 
 
-Op = Upsert | Touch | Rename | Delete | DeleteTree | JournalMove | FinishMove | RecordDecision | ClearVerdict
+Op = Upsert | Touch | Rename | Delete | DeleteTree | JournalMove | FinishMove | RecordDecision | SetVerdict
 
 
 @dataclass(frozen=True)

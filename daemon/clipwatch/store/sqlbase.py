@@ -18,11 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from ..vocab import Status
 from .base import Store
 from .records import (
     Applied,
-    ClearVerdict,
     Delete,
     DeleteTree,
     FinishMove,
@@ -30,6 +28,7 @@ from .records import (
     Op,
     RecordDecision,
     Rename,
+    SetVerdict,
     Touch,
     Upsert,
 )
@@ -204,9 +203,9 @@ class SQLBase(Store):
                 cur.execute(f"INSERT INTO {self.decisions_table} ({', '.join(DECISION_COLUMNS)}, decided_at) "
                             f"VALUES ({self._marks(len(DECISION_COLUMNS))}, {self.NOW})",
                             tuple(getattr(d, c) for c in DECISION_COLUMNS))
-            elif isinstance(o, ClearVerdict):
-                cur.execute(f"UPDATE {self.t} SET status = {p}, match_id = NULL, score = NULL, label = NULL, "
-                            f"updated_at = {self.NOW} WHERE id = {p}", (Status.OK, o.row_id))
+            elif isinstance(o, SetVerdict):
+                cur.execute(f"UPDATE {self.t} SET status = {p}, match_id = {p}, score = {p}, label = NULL, "
+                            f"updated_at = {self.NOW} WHERE id = {p}", (o.status, o.match_id, o.score, o.row_id))
             else:
                 raise TypeError(f"not a store operation: {o!r}")
 
