@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -58,10 +58,6 @@ class Batcher:
 
     def submit(self, path: str) -> Future[Loaded]:
         return self._pool.submit(self.load, path)
-
-    def load_all(self, paths: Sequence[str]) -> list[Loaded]:
-        """Load files now, in the decode pool (moves whose source was never stored)."""
-        return [f.result() for f in [self.submit(p) for p in paths]]
 
     def feed(self, ready: queue.Queue[Formed | None], stopping: Callable[[], bool],
              inputs_done: threading.Event | None) -> None:

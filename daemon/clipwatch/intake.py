@@ -116,10 +116,6 @@ class Intake:
 
     # --- the settle loop --------------------------------------------------------------------------
 
-    def pending_count(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
     def settle_once(self, now: float | None = None) -> int:
         """Move every file whose size and mtime held still for settle_s to the queue. Returns how many."""
         now = time.monotonic() if now is None else now
@@ -162,10 +158,6 @@ class Intake:
         """True if the worker refused this file and it has not changed since."""
         with self._lock:
             return self._refused.get(path) == (size, mtime_ns)
-
-    def refused_count(self) -> int:
-        with self._lock:
-            return len(self._refused)
 
     def prune_refused(self) -> int:
         """Forget refused files that changed or are gone (they are tried again). Returns how many."""
