@@ -138,7 +138,8 @@ class Worker:
         if rows is None:
             return None  # stopping while the store is down: the next start's scan redoes this batch
         loaded = self._wait_for(batch, loads, rows)
-        shas = sorted({f.sha256 for f in loaded if f is not None and f.sha256})
+        rejudged = [rows[c.path].sha256 for c in batch if c.kind == ChangeKind.REJUDGE and c.path in rows]
+        shas = sorted({f.sha256 for f in loaded if f is not None and f.sha256} | set(rejudged))
         same_bytes = self.retry(lambda: self.store.find_by_sha256(shas), stop) if shas else {}
         if same_bytes is None:
             return None
