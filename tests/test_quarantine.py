@@ -194,6 +194,26 @@ def _quarantine_state(store: Store, root: Path, q: Path) -> tuple[dict[str, str]
     return {**files_under(root), **files_under(q)}, all_verdicts(store)
 
 
+def test_a_source_that_cannot_be_unlinked_keeps_the_file_in_one_place_flagged(
+        make_harness: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    h = make_harness(duplicates__action="quarantine", quarantine__dir=str(tmp_path / "q"))
+    original, copy = original_and_copy(h)
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # A read-only upload directory refuses the unlink; the tests run as root, which no directory
+        # permission stops, so the kernel's refusal is stood in for.
+        if os.fspath(path) == str(copy):
+            raise PermissionError(13, "Permission denied", str(copy))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    h.upsert(copy)
+    rows = h.verdicts()
+    assert copy.exists() and files_under(tmp_path / "q") == {}  # the link made in the quarantine was undone
+    assert rows[str(copy)][1:3] == ("duplicate", rows[str(original)].id) and h.store.pending_moves() == []
+
+
 @pytest.mark.mysql
 @pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
 @pytest.mark.timeout(300)

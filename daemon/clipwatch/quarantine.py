@@ -61,7 +61,8 @@ def reserve(path: str, paths: PathFilter, quarantine_dir: str, taken: set[str]) 
 
 
 def move(src: str, dest: str) -> None:
-    """Move without ever replacing `dest` (FileExistsError if it exists). Raises OSError, leaving `src`."""
+    """Move without ever replacing `dest` (FileExistsError if it exists). Raises OSError, leaving the file
+    at `src` only."""
     try:
         os.link(src, dest, follow_symlinks=False)
     except OSError as exc:
@@ -74,7 +75,11 @@ def move(src: str, dest: str) -> None:
             return
         else:
             raise
-    os.unlink(src)
+    try:
+        os.unlink(src)
+    except OSError:
+        os.unlink(dest)  # the source stays (a read-only directory, say): never leave the file in two places
+        raise
 
 
 def partial_name(dest: str) -> str:
@@ -99,15 +104,17 @@ def _copy_into_place(src: str, dest: str) -> None:
 def complete(pending: PendingMove) -> tuple[Outcome, str]:
     """Do or finish one journalled move; returns how it ended and, when it failed, why."""
     src, dest = pending.src, pending.dest
-    if os.path.lexists(partial_name(dest)):
-        os.unlink(partial_name(dest))  # a copy across file systems cut short: the source is still whole
-    if os.path.lexists(dest):
-        if not os.path.lexists(src):
-            return Outcome.ALREADY_MOVED, ""
-        if _same_file(src, dest) or (_sha256(dest) == pending.sha256 == _sha256(src)):
+    try:
+        if os.path.lexists(partial_name(dest)):
+            os.unlink(partial_name(dest))  # a copy across file systems cut short: the source is still whole
+        if os.path.lexists(dest) and os.path.lexists(src):
+            if not (_same_file(src, dest) or _sha256(dest) == pending.sha256 == _sha256(src)):
+                return Outcome.FAILED, f"{dest!r} already holds another file"
             os.unlink(src)  # linked (or copied) but not yet unlinked when the daemon stopped
-            return Outcome.ALREADY_MOVED, ""
-        return Outcome.FAILED, f"{dest!r} already holds another file"
+    except OSError as exc:
+        return _undone(dest, src, exc)
+    if os.path.lexists(dest):
+        return Outcome.ALREADY_MOVED, ""
     if not os.path.lexists(src):
         return Outcome.VANISHED, ""
     if _sha256(src) != pending.sha256:
@@ -117,6 +124,16 @@ def complete(pending: PendingMove) -> tuple[Outcome, str]:
     except OSError as exc:
         return Outcome.FAILED, f"{exc.strerror or exc}"
     return Outcome.MOVED, ""
+
+
+def _undone(dest: str, src: str, exc: OSError) -> tuple[Outcome, str]:
+    """Finishing failed with the file still at `src`: remove a second name at `dest` (same file) if any."""
+    if os.path.lexists(src) and _same_file(src, dest):
+        try:
+            os.unlink(dest)
+        except OSError:
+            pass  # both names stay; the journal entry stays too, and the next start tries again
+    return Outcome.FAILED, f"{exc.strerror or exc}"
 
 
 def _same_file(a: str, b: str) -> bool:
