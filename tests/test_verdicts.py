@@ -45,6 +45,15 @@ def copy_with_mtime(src: Path, dest: Path, mtime: float) -> Path:
     return dest
 
 
+def stored_with_copy(h: Harness, seed: int) -> tuple[Path, Path]:
+    """An original, then an exact copy of it, each ingested in a batch of its own."""
+    original = write_image(h.root / "original.jpg", seed=seed)
+    h.upsert(original)
+    copy = copy_with_mtime(original, h.root / "copy.jpg", original.stat().st_mtime + 1)
+    h.upsert(copy)
+    return original, copy
+
+
 # --- a file never matches itself -------------------------------------------------------------------------
 
 
@@ -241,11 +250,7 @@ def test_a_dismissed_pair_is_never_flagged_again_not_even_after_a_re_embed(
 def test_a_dismissal_holds_for_another_server_sharing_the_table(make_harness: Callable[..., Harness], cli,
                                                               tmp_path: Path):
     a = make_harness(store__instance="server-a")
-    original = write_image(a.root / "original.jpg", seed=10)
-    a.upsert(original)
-    copy = a.root / "copy.jpg"
-    copy.write_bytes(original.read_bytes())
-    a.upsert(copy)
+    original, copy = stored_with_copy(a, seed=10)
     assert cli("dismiss", str(a.verdicts()[str(copy)].id))[0] == 0
     (tmp_path / "server-b").mkdir()
     b = make_harness(store__instance="server-b", watch__paths=str(tmp_path / "server-b"))
@@ -305,11 +310,7 @@ def test_a_file_renamed_and_copied_in_one_batch_stays_the_original(make_harness:
 
 def test_confirm_records_the_decision_and_changes_no_row(make_harness: Callable[..., Harness], cli):
     h = make_harness()
-    original = write_image(h.root / "original.jpg", seed=12)
-    h.upsert(original)
-    copy = h.root / "copy.jpg"
-    copy.write_bytes(original.read_bytes())
-    h.upsert(copy)
+    original, copy = stored_with_copy(h, seed=12)
     before = h.verdicts()
     row = before[str(copy)]
     code, out, _ = cli("confirm", str(row.id), "--by", "bob")
@@ -322,11 +323,7 @@ def test_confirm_records_the_decision_and_changes_no_row(make_harness: Callable[
 
 def test_an_unknown_or_unflagged_id_exits_1_naming_it_and_changes_nothing(make_harness: Callable[..., Harness], cli):
     h = make_harness()
-    original = write_image(h.root / "original.jpg", seed=13)
-    h.upsert(original)
-    copy = h.root / "copy.jpg"
-    copy.write_bytes(original.read_bytes())
-    h.upsert(copy)
+    original, copy = stored_with_copy(h, seed=13)
     before = h.verdicts()
     code, _, err = cli("dismiss", str(before[str(copy)].id), "999999")
     assert code == 1 and "unknown id 999999" in err and "nothing was changed" in err

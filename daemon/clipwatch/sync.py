@@ -81,10 +81,11 @@ class IndexSync:
         """One round; never raises."""
         try:
             self.sync_once()
-        except Exception as exc:  # a driver bug must not end the sync: it is reported and tried again
+        except Exception as exc:  # nothing ends the sync: the failure is reported and tried again
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, StoreError) else str(exc)
             self.health.sync_failed(error)
-            self.health.store_failed(INDEX_SYNC, error)
+            if isinstance(exc, StoreError):  # the store did not answer (anything else is a stale sync only)
+                self.health.store_failed(INDEX_SYNC, error)
             self.metrics.error(Stage.SYNC, Reason.SYNC_ERROR)
             log.warning("index_sync_failed", error=error, retry_in_s=self.interval_s,
                         exc_info=not isinstance(exc, StoreError))
