@@ -9,7 +9,9 @@ quarantine and reject. After each quiet point (the changes since the last one pr
   (a quarantined file's row is at its quarantine path);
 - `match_id` is never the row's own id and always names an existing row of another path;
 - byte-identical copies are flagged: at most one of them is `ok`, unless that pair was dismissed;
-- a pair a person dismissed is never flagged again;
+- a pair a person dismissed is never flagged again: no verdict is made for it, and the dismissal clears
+  those that were (a verdict's pair is the two files' bytes when it was made: a copy keeps its verdict
+  when its original is edited, even if the edit happens to produce bytes of a dismissed pair);
 - every file that was ever written is under a root or in the quarantine, once: nothing lost or doubled;
 - no journalled move is left pending.
 
@@ -83,6 +85,7 @@ class UploadDirectory(RuleBasedStateMachine):
         self.written: Counter[str] = Counter()  # sha256 of every file alive, wherever the daemon put it
         self.pending: list[Change] = []
         self.dismissed: set[tuple[str, str]] = set()
+        self.made: dict[int, tuple[tuple[Any, ...], tuple[str, str]]] = {}  # row -> (verdict, its pair when made)
         self.names = 0
         self.h: Harness | None = None
 
@@ -266,8 +269,10 @@ class UploadDirectory(RuleBasedStateMachine):
             assert r.match_id != r.id, f"{path} is a duplicate of itself"
             assert r.match_id in by_id, f"{path} names row {r.match_id}, which does not exist"
             assert by_id[r.match_id][0] != path
-            pair = tuple(sorted((shas[r.id], shas[r.match_id])))
-            assert pair not in self.dismissed, f"{path} is flagged for a dismissed pair"
+            verdict = (shas[r.id], r.status, r.match_id, r.score)
+            if self.made.get(r.id, ((),))[0] != verdict:  # made since the last quiet point
+                self.made[r.id] = (verdict, tuple(sorted((shas[r.id], shas[r.match_id]))))  # type: ignore[arg-type]
+            assert self.made[r.id][1] not in self.dismissed, f"{path} is flagged for a dismissed pair"
         for content, n in ok_by_sha.items():
             assert n <= 1 or (content, content) in self.dismissed, f"{n} byte-identical files are all ok"
 
