@@ -87,15 +87,15 @@ class Committer:
             return None
         self._follow_in_index(applied, [p.row for p in placements if p.stored])
         with self.metrics.stage_seconds.labels(Stage.MOVE).time():
-            moved = self._move_files(placements, applied, stop)
+            outcomes = self._move_files(placements, applied, stop)
+        moved = {key: p.row.path for p in placements if (key := p.entry.key) in outcomes
+                 and outcomes[key] in (quarantine.Outcome.MOVED, quarantine.Outcome.ALREADY_MOVED)}
         self._log_verdicts(placements, applied, moved)
         for failure in [*plan.failures, *failures]:
             self._refused(failure)
         counts = Counter(plan.counts)
         counts[Result.FAILED] += len(plan.failures) + len(failures)
-        for p in placements:
-            rejected = p.action == Action.REJECT and (p.entry.key in moved or not p.entry.on_disk)
-            counts[Result.REJUDGED if p.entry.rejudge else Result.REJECTED if rejected else Result.EMBEDDED] += 1
+        counts.update(_result(p, outcomes.get(p.entry.key)) for p in placements)
         return Committed(applied, counts, Counter(p.verdict.status for p in placements
                                                   if p.verdict.status != Status.OK))
 
@@ -137,19 +137,18 @@ class Committer:
         self.metrics.index_size.set(len(self.index))
 
     def _move_files(self, placements: Sequence[Placement], applied: Applied,
-                    stop: threading.Event | None) -> dict[int, str]:
-        """Do the journalled moves; undo in the store what could not be done. Returns entry key -> where
-        its file went."""
-        moved: dict[int, str] = {}
+                    stop: threading.Event | None) -> dict[int, quarantine.Outcome]:
+        """Do the journalled moves; undo in the store what could not be done. Returns how each move ended,
+        by entry key."""
+        outcomes: dict[int, quarantine.Outcome] = {}
         after: list[Op] = []
         for p in placements:
             if not p.moves:
                 continue
             pending = PendingMove(applied.moves[p.row.path], p.entry.path, p.row.path, p.action, p.entry.sha256)
             outcome, why = quarantine.complete(pending)
-            if outcome in (quarantine.Outcome.MOVED, quarantine.Outcome.ALREADY_MOVED):
-                moved[p.entry.key] = p.row.path
-            elif outcome == quarantine.Outcome.FAILED:
+            outcomes[p.entry.key] = outcome
+            if outcome == quarantine.Outcome.FAILED:
                 log.error("quarantine_failed", path=p.entry.path, error=why, action="flag instead")
                 self.metrics.error(Stage.MOVE, Reason.MOVE_FAILED)
             after += quarantine.settle(pending, outcome, replace(p.row, path=p.entry.path))
@@ -157,7 +156,7 @@ class Committer:
             done = self.retry(lambda: self.store.apply(after), stop)  # None: replayed from the journal at start
             if done is not None:
                 self._follow_in_index(done, [op for op in after if isinstance(op, Upsert)])
-        return moved
+        return outcomes
 
     def _log_verdicts(self, placements: Sequence[Placement], applied: Applied, moved: dict[int, str]) -> None:
         flagged = [p for p in placements if p.verdict.status != Status.OK]
@@ -192,6 +191,17 @@ class Committer:
         if moved_to is None:
             self.intake.remember_refused(path)  # not tried again until it changes
         log.warning("file_rejected", path=path, reason=exc.reason, error=str(exc), moved_to=moved_to)
+
+
+def _result(p: Placement, outcome: quarantine.Outcome | None) -> Result:
+    """How a judged entry ended: its row written (or rewritten), or its file moved away without one."""
+    if p.entry.rejudge:
+        return Result.REJUDGED
+    if outcome in (quarantine.Outcome.CHANGED, quarantine.Outcome.VANISHED):
+        return Result.VANISHED  # gone (or replaced) before it could be moved: no row for it
+    if p.action == Action.REJECT and outcome != quarantine.Outcome.FAILED:
+        return Result.REJECTED
+    return Result.EMBEDDED
 
 
 def _row(entry: Entry, verdict: Verdict, path: str, final: dict[int, str]) -> Upsert:
