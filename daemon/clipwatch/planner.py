@@ -220,7 +220,9 @@ class _Planner:
         self.slots[src_path], self.slots[dest_path] = _Slot(), _Slot(row, entry)
         if entry is not None:  # written, then renamed: the row goes under the final name
             self.entries[entry] = replace(self.entries[entry], path=dest_path, own_id=row.id if row else None)
-        elif file is not None:  # the file was read under its new name: it may have changed before the rename
+        elif file is not None and row is not None and (file.sha256, self.model) == (row.sha256, row.model):
+            self.ops.append(Touch(dest_path, file.size, file.mtime))  # read to be sure; the same bytes after all
+        elif file is not None:  # the file was read under its new name: it changed before the rename
             self._upsert(key, dest_path, file)
 
     def _delete(self, path: str) -> None:
