@@ -323,13 +323,13 @@ def _run(embedder: Embedder, model_dir: Path, store: str, examples: int, steps: 
                           suppress_health_check=list(HealthCheck), print_blob=True))
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600 if not EXAMPLES else 10 * EXAMPLES)
 def test_random_lives_of_an_upload_directory_keep_every_promise_on_sqlite(embedder: Embedder, model_dir: Path):
     _run(embedder, model_dir, "sqlite", examples=40, steps=25)
 
 
 @pytest.mark.mysql
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600 if not EXAMPLES else 10 * EXAMPLES)
 def test_random_lives_of_an_upload_directory_keep_every_promise_on_mysql(embedder: Embedder, model_dir: Path):
     if not MYSQL_URL:
         pytest.fail("CLIPWATCH_TEST_MYSQL_URL is not set: run the suite with scripts/test")
