@@ -134,6 +134,21 @@ def test_copies_judged_together_make_the_oldest_the_original(make_harness: Calla
     assert h.embedder.calls == [1]  # one forward pass for three identical files
 
 
+@pytest.mark.parametrize("batch_size", [64, 2], ids=["one batch", "across batches"])
+def test_a_first_scan_of_a_folder_of_copies_makes_the_oldest_the_original(make_harness: Callable[..., Harness],
+                                                                         batch_size: int):
+    h = make_harness(model__batch_size=batch_size)
+    source = write_image(h.root.parent / "source.jpg", seed=17)
+    # An archive copied in: names sort (and the directory may list them) in the reverse order of their age.
+    files = [copy_with_mtime(source, h.root / f"{name}.jpg", 1_600_000_000 + 100 * age)
+             for name, age in (("a", 5), ("b", 4), ("c", 3), ("d", 2), ("e", 1))]
+    h.service.scan()
+    v = h.verdicts()
+    oldest = v[str(files[-1])]
+    assert oldest.status == "ok"
+    assert all(v[str(f)][1:4] == ("duplicate", oldest.id, 1.0) for f in files[:-1])
+
+
 def test_a_file_written_then_renamed_in_one_batch_is_indexed_and_its_copy_points_at_it(
         make_harness: Callable[..., Harness]):
     h = make_harness()
