@@ -75,7 +75,7 @@ def test_renamed_over_another_stored_file_that_row_is_replaced_and_excluded():
 
 
 def test_a_new_file_with_the_bytes_of_a_row_whose_file_is_gone_is_that_row_moved():
-    gone = row(3, "/r/old", "s")
+    gone = row(3, "/r/old", "s", mtime=9.0)
     p = run([up("/r/new")], [], [loaded("s", mtime=9.0)], same={"s": [SameBytes(gone, PIXELS)]},
             missing=frozenset({"/r/old"}))
     assert p.ops == (Rename("/r/old", "/r/new"), Touch("/r/new", 10, 9.0)) and p.entries == ()
@@ -89,6 +89,17 @@ def test_a_copy_written_while_its_original_is_renamed_does_not_take_the_original
             same={"s": [SameBytes(original, PIXELS)]}, missing=frozenset({"/r/a"}))
     assert p.ops == (Rename("/r/a", "/r/b"),)
     assert [(e.path, e.same_as_row) for e in p.entries] == [("/r/copy", 1)] and p.follow_up == ()
+
+
+def test_of_two_new_files_with_a_gone_rows_bytes_the_one_with_its_mtime_is_the_moved_one():
+    # An unpaired rename (a directory not watched yet) and a fresh copy of the same file in one batch, the
+    # copy first: the rename keeps the file's mtime, the copy has a new one.
+    gone = row(1, "/r/old", "s", mtime=5.0)
+    p = run([up("/r/copy"), up("/r/new/moved"), rm("/r/old")], [gone],
+            [loaded("s", mtime=9.0), loaded("s", mtime=5.0), None], same={"s": [SameBytes(gone, PIXELS)]},
+            missing=frozenset({"/r/old"}))
+    assert p.ops == (Rename("/r/old", "/r/new/moved"), Touch("/r/new/moved", 10, 5.0))
+    assert [(e.path, e.same_as_row) for e in p.entries] == [("/r/copy", 1)]
 
 
 def test_a_copy_of_a_row_whose_file_still_exists_is_an_entry_that_reuses_its_vector():

@@ -165,7 +165,7 @@ class _Planner:
             self.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
             self.counts[Result.UNCHANGED] += 1
             return
-        moved_from = self._moved_from(path, file.sha256) if row is None else None
+        moved_from = self._moved_from(path, file) if row is None else None
         if moved_from is not None:  # a rename whose events were not paired: the row follows its bytes
             self.ops += [Rename(moved_from.path, path), Touch(path, file.size, file.mtime)]
             self.counts[Result.MOVED] += 1
@@ -178,13 +178,14 @@ class _Planner:
             self.decode_errors[key] = file.decode_error
         slot.entry = key
 
-    def _moved_from(self, path: str, sha256: str) -> StoredFile | None:
-        """One of our rows with these bytes whose file is gone and which this batch has not moved or
-        deleted: inotify pairs a rename only when both directories are watched, and moves made while the
-        daemon was down produce no event at all."""
-        for copy in self.same_bytes.get(sha256, ()):
+    def _moved_from(self, path: str, file: Loaded) -> StoredFile | None:
+        """One of our rows with these bytes, size and mtime (a rename keeps them; a copy gets a new mtime)
+        whose file is gone and which this batch has not moved or deleted: inotify pairs a rename only when
+        both directories are watched, and moves made while the daemon was down produce no event at all."""
+        for copy in self.same_bytes.get(file.sha256, ()):
             row = copy.row
             if (row.instance == self.instance and row.path != path and row.model == self.model
+                    and (row.size, row.mtime) == (file.size, file.mtime)
                     and row.path in self.missing and self._still_at(row)):
                 return row
         return None
