@@ -13,6 +13,7 @@ quarantine and reject. After each quiet point (the changes since the last one pr
   those that were (a verdict's pair is the two files' bytes when it was made: a copy keeps its verdict
   when its original is edited, even if the edit happens to produce bytes of a dismissed pair);
 - every file that was ever written is under a root or in the quarantine, once: nothing lost or doubled;
+- a file renamed (and not edited meanwhile) keeps its row, whether inotify paired the rename or not;
 - no journalled move is left pending.
 
 A kill -9 is a crash raised inside the worker at a random point (before the commit, inside the
@@ -86,6 +87,9 @@ class UploadDirectory(RuleBasedStateMachine):
         self.dismissed: set[tuple[str, str]] = set()
         self.made: dict[int, tuple[tuple[Any, ...], tuple[str, str]]] = {}  # row -> (verdict, its pair when made)
         self.names = 0
+        self.ids: dict[str, int] = {}  # row id of each file under the root at the last quiet point
+        self.renamed: dict[str, int] = {}  # files renamed since: the row id each must keep
+        self.edited: set[str] = set()  # files re-encoded since the last quiet point
         self.h: Harness | None = None
 
     # --- the daemon ---------------------------------------------------------------------------------
@@ -162,6 +166,8 @@ class UploadDirectory(RuleBasedStateMachine):
         Image.open(path).convert("RGB").save(path, format="JPEG", quality=quality)
         if path.read_bytes() != old:
             self._wrote(path, old)
+            self.edited.add(str(path))
+            self.renamed.pop(str(path), None)  # an edited file judged anew may take a new row
 
     @precondition(lambda self: self.files)
     @rule(data=st.data(), subdir=st.booleans(), paired=st.booleans())
@@ -170,6 +176,11 @@ class UploadDirectory(RuleBasedStateMachine):
         dest = self._new_path(subdir)
         os.rename(src, dest)
         self.files[str(dest)] = self.files.pop(src)
+        row_id = self.renamed.pop(src, self.ids.get(src))
+        if src in self.edited:
+            self.edited.add(str(dest))
+        elif row_id is not None:
+            self.renamed[str(dest)] = row_id
         if paired:  # inotify saw both names
             self.pending.append(Change(ChangeKind.MOVE, src, str(dest)))
         else:  # a directory not watched yet: the new name appears, the old one is gone
@@ -181,6 +192,7 @@ class UploadDirectory(RuleBasedStateMachine):
         path = data.draw(st.sampled_from(sorted(self.files)))
         os.unlink(path)
         self.written[hashlib.sha256(self.files.pop(path)).hexdigest()] -= 1
+        self.renamed.pop(path, None)
         self.pending.append(Change(ChangeKind.DELETE, path))
 
     @rule(data=st.data())
@@ -244,8 +256,13 @@ class UploadDirectory(RuleBasedStateMachine):
         rows = all_verdicts(self.h.store)
         under = files_below(self.root)
         quarantined = files_below(self.q)
-        stored = {r.path: r.sha256 for r in self.h.store.iter_rows_under(str(self.root))}
+        rows_under = list(self.h.store.iter_rows_under(str(self.root)))
+        stored = {r.path: r.sha256 for r in rows_under}
         assert stored == under  # one row per file under the roots, with its bytes; none for a missing file
+        ids = {r.path: r.id for r in rows_under}
+        for path, row_id in self.renamed.items():  # never judged anew, so never moved away either
+            assert ids.get(path) == row_id, f"{path} was renamed but lost its row {row_id}"
+        self.ids, self.renamed, self.edited = ids, {}, set()
         outside = {p for p in rows if not p.startswith(str(self.root) + os.sep)}
         assert outside <= set(quarantined)  # a row outside the roots is a quarantined file's
         assert not self.h.store.pending_moves()
