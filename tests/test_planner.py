@@ -36,8 +36,8 @@ def rm(path: str) -> Change:
     return Change(ChangeKind.DELETE, path)
 
 
-def run(changes, rows=(), files=(), same=None, missing=frozenset(), keep=False):  # type: ignore[no-untyped-def]
-    return plan(changes, {r.path: r for r in rows}, list(files), same or {}, missing, model=MODEL, instance="me",
+def run(changes, rows=(), files=(), same=None, gone=frozenset(), keep=False):  # type: ignore[no-untyped-def]
+    return plan(changes, {r.path: r for r in rows}, list(files), same or {}, gone, model=MODEL, instance="me",
                 keep_deleted=keep)
 
 
@@ -77,7 +77,7 @@ def test_renamed_over_another_stored_file_that_row_is_replaced_and_excluded():
 def test_a_new_file_with_the_bytes_of_a_row_whose_file_is_gone_is_that_row_moved():
     gone = row(3, "/r/old", "s", mtime=9.0)
     p = run([up("/r/new")], [], [loaded("s", mtime=9.0)], same={"s": [SameBytes(gone, PIXELS)]},
-            missing=frozenset({"/r/old"}))
+            gone=frozenset({"/r/old"}))
     assert p.ops == (Rename("/r/old", "/r/new"), Touch("/r/new", 10, 9.0)) and p.entries == ()
 
 
@@ -86,7 +86,7 @@ def test_a_copy_written_while_its_original_is_renamed_does_not_take_the_original
     # rename says where a went; the rename then had no source and failed the batch.
     original = row(1, "/r/a", "s")
     p = run([up("/r/copy"), mv("/r/a", "/r/b")], [original], [loaded("s"), None],
-            same={"s": [SameBytes(original, PIXELS)]}, missing=frozenset({"/r/a"}))
+            same={"s": [SameBytes(original, PIXELS)]}, gone=frozenset({"/r/a"}))
     assert p.ops == (Rename("/r/a", "/r/b"),)
     assert [(e.path, e.same_as_row) for e in p.entries] == [("/r/copy", 1)] and p.follow_up == ()
 
@@ -97,9 +97,36 @@ def test_of_two_new_files_with_a_gone_rows_bytes_the_one_with_its_mtime_is_the_m
     gone = row(1, "/r/old", "s", mtime=5.0)
     p = run([up("/r/copy"), up("/r/new/moved"), rm("/r/old")], [gone],
             [loaded("s", mtime=9.0), loaded("s", mtime=5.0), None], same={"s": [SameBytes(gone, PIXELS)]},
-            missing=frozenset({"/r/old"}))
+            gone=frozenset({"/r/old"}))
     assert p.ops == (Rename("/r/old", "/r/new/moved"), Touch("/r/new/moved", 10, 5.0))
     assert [(e.path, e.same_as_row) for e in p.entries] == [("/r/copy", 1)]
+
+
+def test_a_delete_followed_by_the_same_file_under_another_name_is_a_move():
+    # Found by the property test: renamed twice through directories inotify did not watch yet, so the old
+    # name's delete came before the new name in the batch, and the row was lost.
+    gone = row(2, "/r/f001", "s", mtime=5.0)
+    p = run([up("/r/f003"), rm("/r/f001"), up("/r/f004"), rm("/r/f003")], [gone],
+            [Loaded(error=FileRejected(Reason.NOT_FOUND, "renamed again")), None, loaded("s", mtime=5.0), None],
+            same={"s": [SameBytes(gone, PIXELS)]}, gone=frozenset({"/r/f001"}))
+    assert p.ops == (Rename("/r/f001", "/r/f004"), Touch("/r/f004", 10, 5.0))
+    assert p.entries == () and p.excluded == frozenset() and Result.DELETED not in p.counts
+    taken = run([rm("/r/f001"), mv("/r/x", "/r/f001"), up("/r/f004")], [gone, row(3, "/r/x", "t")],
+                [None, None, loaded("s", mtime=5.0)], same={"s": [SameBytes(gone, PIXELS)]},
+                gone=frozenset({"/r/f001"}))
+    assert taken.ops == (Delete("/r/f001"), Rename("/r/x", "/r/f001"))  # the name was taken: no way back
+    assert [e.path for e in taken.entries] == ["/r/f004"]
+
+
+def test_a_row_renamed_earlier_in_the_batch_follows_an_unpaired_rename_from_its_new_name():
+    # Found by the property test: renamed (paired), then renamed again unpaired; the rule looked for the
+    # row at its old path, and the new name's file was taken for a new one.
+    original = row(2, "/r/f001", "s", mtime=5.0)
+    p = run([mv("/r/f001", "/r/f003"), up("/r/f005"), rm("/r/f003")], [original],
+            [None, loaded("s", mtime=5.0), None], same={"s": [SameBytes(original, PIXELS)]},
+            gone=frozenset({"/r/f001", "/r/f003"}))
+    assert p.ops == (Rename("/r/f001", "/r/f003"), Rename("/r/f003", "/r/f005"), Touch("/r/f005", 10, 5.0))
+    assert p.entries == ()
 
 
 def test_a_copy_of_a_row_whose_file_still_exists_is_an_entry_that_reuses_its_vector():
@@ -113,7 +140,7 @@ def test_the_bytes_of_another_models_or_another_instances_row_are_not_a_move():
     theirs = row(3, "/r/old", "s", instance="other")
     stale = row(4, "/r/older", "s", model="previous")
     p = run([up("/r/new")], [], [loaded("s")], same={"s": [SameBytes(theirs, PIXELS), SameBytes(stale, PIXELS)]},
-            missing=frozenset({"/r/old", "/r/older"}))
+            gone=frozenset({"/r/old", "/r/older"}))
     (entry,) = p.entries
     assert entry.same_as_row == 3 and p.ops == ()  # a copy of the other server's image, reusing its vector
 

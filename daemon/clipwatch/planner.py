@@ -103,25 +103,31 @@ def needs_loading(changes: Sequence[Change], rows: Mapping[str, StoredFile],
 
 
 def plan(changes: Sequence[Change], rows: Mapping[str, StoredFile], loaded: Sequence[Loaded | None],
-         same_bytes: Mapping[str, Sequence[SameBytes]], missing: frozenset[str], *, model: str, instance: str,
+         same_bytes: Mapping[str, Sequence[SameBytes]], gone: frozenset[str], *, model: str, instance: str,
          keep_deleted: bool = False) -> Plan:
     """`rows`: this instance's rows of the paths involved. `loaded`: per change, the file at its path (its
     destination, for a rename in `needs_loading`). `same_bytes`: stored rows by sha256, oldest first.
-    `missing`: paths of our rows under the roots whose file no longer exists (a rename in the batch says
-    where such a file went: its row is never taken for another file with the same bytes)."""
-    moved_away = frozenset(c.path for c in changes if c.kind == ChangeKind.MOVE)
-    return _Planner(rows, same_bytes, missing - moved_away, model, instance, keep_deleted).run(changes, loaded)
+    `gone`: the paths, among those of the batch's changes and of our rows under the roots with bytes seen
+    in the batch, where no file exists now."""
+    return _Planner(rows, same_bytes, gone, model, instance, keep_deleted, changes).run(changes, loaded)
 
 
 class _Planner:
     def __init__(self, rows: Mapping[str, StoredFile], same_bytes: Mapping[str, Sequence[SameBytes]],
-                 missing: frozenset[str], model: str, instance: str, keep_deleted: bool) -> None:
+                 gone: frozenset[str], model: str, instance: str, keep_deleted: bool,
+                 changes: Sequence[Change]) -> None:
         self.slots = {path: _Slot(row) for path, row in rows.items()}
-        self.same_bytes, self.missing, self.model, self.instance = same_bytes, missing, model, instance
+        self.where = {row.id: path for path, row in rows.items()}  # row id -> its path as the batch goes
+        self.renamed_from: dict[str, list[int]] = {}  # path -> positions of the renames away from it
+        for i, c in enumerate(changes):
+            if c.kind == ChangeKind.MOVE:
+                self.renamed_from.setdefault(c.path, []).append(i)
+        self.same_bytes, self.gone, self.model, self.instance = same_bytes, gone, model, instance
         self.keep_deleted = keep_deleted
         self.entries: dict[int, Entry] = {}
         self.decode_errors: dict[int, FileRejected] = {}
-        self.ops: list[Op] = []
+        self.ops: list[Op | None] = []  # None: a delete taken back (its file turned up under another name)
+        self.vacated: dict[str, tuple[int, StoredFile]] = {}  # path -> (its Delete's position, the row)
         self.failures: list[Failure] = []
         self.counts: Counter[Result] = Counter()
         self.deleted: set[int] = set()
@@ -165,12 +171,13 @@ class _Planner:
             self.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
             self.counts[Result.UNCHANGED] += 1
             return
-        moved_from = self._moved_from(path, file) if row is None else None
+        moved_from = self._moved_from(key, path, file) if row is None else None
         if moved_from is not None:  # a rename whose events were not paired: the row follows its bytes
             self.ops += [Rename(moved_from.path, path), Touch(path, file.size, file.mtime)]
             self.counts[Result.MOVED] += 1
             self.slots[moved_from.path] = _Slot()
             self.slots[path] = _Slot(replace(moved_from, path=path))
+            self.where[moved_from.id] = path
             return
         self.entries[key] = Entry(key, path, file.sha256, file.size, file.mtime, self.model,
                                   own_id=row.id if row else None, pixels=file.pixels)
@@ -178,21 +185,32 @@ class _Planner:
             self.decode_errors[key] = file.decode_error
         slot.entry = key
 
-    def _moved_from(self, path: str, file: Loaded) -> StoredFile | None:
-        """One of our rows with these bytes, size and mtime (a rename keeps them; a copy gets a new mtime)
-        whose file is gone and which this batch has not moved or deleted: inotify pairs a rename only when
-        both directories are watched, and moves made while the daemon was down produce no event at all."""
+    def _moved_from(self, key: int, path: str, file: Loaded) -> StoredFile | None:
+        """One of our rows with these bytes, size and mtime (a rename keeps them; a copy gets a new mtime),
+        at its place as the batch goes, whose file there is gone and which no later rename of the batch
+        accounts for: inotify pairs a rename only when both directories are watched, and moves made while
+        the daemon was down produce no event at all. A row this batch deleted comes back: its file was not
+        deleted, it was renamed. Returned with the path it is at now."""
         for copy in self.same_bytes.get(file.sha256, ()):
             row = copy.row
-            if (row.instance == self.instance and row.path != path and row.model == self.model
-                    and (row.size, row.mtime) == (file.size, file.mtime)
-                    and row.path in self.missing and self._still_at(row)):
-                return row
+            here = self.where.get(row.id, row.path)
+            if (row.instance != self.instance or row.model != self.model or here == path or here not in self.gone
+                    or (row.size, row.mtime) != (file.size, file.mtime)
+                    or any(later > key for later in self.renamed_from.get(here, ()))):
+                continue
+            slot = self.slots.get(here)
+            if slot is None or (slot.row is not None and slot.row.id == row.id):
+                return replace(row, path=here)
+            if here in self.vacated and self.vacated[here][1].id == row.id:
+                self._undelete(here)
+                return replace(row, path=here)
         return None
 
-    def _still_at(self, row: StoredFile) -> bool:
-        slot = self.slots.get(row.path)
-        return slot is None or (slot.row is not None and slot.row.id == row.id)
+    def _undelete(self, path: str) -> None:
+        position, row = self.vacated.pop(path)
+        self.ops[position] = None
+        self.counts[Result.DELETED] -= 1
+        self.deleted.discard(row.id)
 
     def _move(self, key: int, change: Change, file: Loaded | None) -> None:
         src_path, dest_path = change.path, change.dest
@@ -210,6 +228,7 @@ class _Planner:
             return
         dest = self._slot(dest_path)
         self._drop(dest)  # overwritten by the rename
+        self.vacated.pop(dest_path, None)  # a row deleted there stays deleted: the name is taken now
         row = dest.row
         if src.row is not None:
             self.ops.append(Rename(src_path, dest_path))
@@ -219,6 +238,8 @@ class _Planner:
             row = replace(src.row, path=dest_path)
         entry = src.entry
         self.slots[src_path], self.slots[dest_path] = _Slot(), _Slot(row, entry)
+        if row is not None:
+            self.where[row.id] = dest_path
         if entry is not None:  # written, then renamed: the row goes under the final name
             self.entries[entry] = replace(self.entries[entry], path=dest_path, own_id=row.id if row else None)
         elif file is not None and row is not None and (file.sha256, self.model) == (row.sha256, row.model):
@@ -230,6 +251,7 @@ class _Planner:
         slot = self._slot(path)
         self._drop(slot)
         if slot.row is not None and not self.keep_deleted:
+            self.vacated[path] = (len(self.ops), slot.row)
             self.ops.append(Delete(path))
             self.counts[Result.DELETED] += 1
             self.deleted.add(slot.row.id)
@@ -237,6 +259,8 @@ class _Planner:
 
     def _delete_tree(self, directory: str) -> None:
         prefix = directory.rstrip(os.sep) + os.sep
+        for path in [p for p in self.vacated if p.startswith(prefix)]:
+            del self.vacated[path]  # the directory's delete runs later: a row taken back would be deleted
         for path, slot in self.slots.items():
             if path.startswith(prefix):
                 self._drop(slot)
@@ -275,8 +299,8 @@ class _Planner:
                 else:
                     first_with[entry.sha256] = entry.key
             chosen.append(entry)
-        return Plan(tuple(self.ops), tuple(chosen), tuple(self.failures), excluded, dict(self.counts),
-                    tuple(self.follow_up))
+        return Plan(tuple(op for op in self.ops if op is not None), tuple(chosen), tuple(self.failures), excluded,
+                    {k: v for k, v in self.counts.items() if v}, tuple(self.follow_up))
 
 
 def _given(file: Loaded | None, change: Change) -> Loaded:

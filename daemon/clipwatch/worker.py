@@ -143,7 +143,7 @@ class Worker:
         same_bytes = self.retry(lambda: self.store.find_by_sha256(shas), stop) if shas else {}
         if same_bytes is None:
             return None
-        plan = planner.plan(batch, rows, loaded, same_bytes, self._missing(same_bytes),
+        plan = planner.plan(batch, rows, loaded, same_bytes, self._gone(batch, same_bytes),
                             model=self.embedder.identity, instance=self.store.instance,
                             keep_deleted=self.config.store.on_delete == "keep")
         entries, failures = self._vectors(plan, same_bytes, stop)
@@ -168,11 +168,13 @@ class Worker:
         self.metrics.stage_seconds.labels(Stage.DECODE).observe(sum(f.decode_s for f in done))
         return loaded
 
-    def _missing(self, same_bytes: Mapping[str, Sequence[SameBytes]]) -> frozenset[str]:
-        """Paths of our rows under the roots, with bytes seen in this batch, whose file is gone."""
-        return frozenset(c.row.path for copies in same_bytes.values() for c in copies
-                         if c.row.instance == self.store.instance and self.paths.root_of(c.row.path)
-                         and not os.path.lexists(c.row.path))
+    def _gone(self, batch: list[Change], same_bytes: Mapping[str, Sequence[SameBytes]]) -> frozenset[str]:
+        """Where no file exists now: among the batch's paths and those of our rows under the roots whose
+        bytes were seen in this batch (for the planner's rule on renames it was not told about)."""
+        ours = [c.row.path for copies in same_bytes.values() for c in copies
+                if c.row.instance == self.store.instance and self.paths.root_of(c.row.path)]
+        return frozenset(p for p in {*ours, *(p for c in batch for p in (c.path, c.dest) if p)}
+                         if not os.path.lexists(p))
 
     def _vectors(self, plan: Plan, same_bytes: Mapping[str, Sequence[SameBytes]],
                  stop: threading.Event | None) -> tuple[list[Entry], list[Failure]]:
