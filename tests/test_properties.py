@@ -60,6 +60,7 @@ from conftest import MYSQL_URL, Harness, all_verdicts, drop_mysql_table, write_i
 EXAMPLES = int(os.environ.get("CLIPWATCH_PROPERTY_EXAMPLES", "0"))
 CRASH_POINTS = ("before the commit", "inside the transaction", "after the commit", "between link and unlink",
                 "before the journal is cleared")
+TALLY: Counter[str] = Counter()  # what a long run reached, printed at its end (`pytest -s`)
 
 
 class Crash(BaseException):
@@ -98,6 +99,7 @@ class UploadDirectory(RuleBasedStateMachine):
     @initialize(action=st.sampled_from(["flag", "quarantine", "reject"]))
     def start(self, action: str) -> None:
         self.action = action
+        TALLY["runs"] += 1
         # One file the rules never touch: a root that is empty while the store has rows for it keeps them
         # (docs/behaviour.md: far more often an unmounted share than a wipe), which is not under test here.
         write_image(self.root / "always-here.jpg", seed=1000, size=(48, 36))
@@ -210,6 +212,7 @@ class UploadDirectory(RuleBasedStateMachine):
         row = data.draw(st.sampled_from(flagged))
         self.verdicts_are_consistent()  # the verdicts made so far, before the decision
         decide(self.h.store, [row.id], Decision.DISMISSED, "property test")
+        TALLY["dismissals"] += 1
         pair = tuple(sorted((row.sha256, row.match_sha256 or "")))
         self.dismissed.add(pair)  # type: ignore[arg-type]
         self.h.service.decisions.refresh(self.h.store)  # what the index sync does every round
@@ -247,7 +250,7 @@ class UploadDirectory(RuleBasedStateMachine):
             try:
                 self.h.feed(*changes)
             except Crash:
-                pass
+                TALLY[f"crashes {point}"] += 1
         self.h.service.close()  # the process is gone: its connections with it
         self.h = self._open()
 
@@ -263,6 +266,7 @@ class UploadDirectory(RuleBasedStateMachine):
         if self.h is None or self.pending:
             return
         rows = all_verdicts(self.h.store)
+        TALLY["quiet points checked"] += 1
         under = files_below(self.root)
         quarantined = files_below(self.q)
         rows_under = list(self.h.store.iter_rows_under(str(self.root)))
@@ -350,6 +354,8 @@ def _run(embedder: Embedder, model_dir: Path, store: str, examples: int, steps: 
         settings=settings(max_examples=EXAMPLES or examples, stateful_step_count=steps, deadline=None,
                           derandomize=not EXAMPLES, database=None if not EXAMPLES else settings.default.database,
                           suppress_health_check=list(HealthCheck), print_blob=True))
+    if EXAMPLES:
+        print(f"\n{store}: " + ", ".join(f"{n} {what}" for what, n in sorted(TALLY.items())))
 
 
 @pytest.mark.timeout(600 if not EXAMPLES else 10 * EXAMPLES)
