@@ -303,7 +303,7 @@ def scrape(daemon: Daemon) -> dict[str, float]:
     """GET /metrics from the address the daemon logged; sample name with labels -> value."""
     import urllib.request
 
-    address = next(e["address"] for e in daemon.events if e.get("event") == "metrics_listening")
+    address = next(e["address"] for e in daemon.events if e.get("event") == "http_listening")
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         text = response.read().decode()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

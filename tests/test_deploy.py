@@ -96,7 +96,7 @@ def test_a_running_daemons_metrics_pass_promtool_check_metrics(daemon_env: dict[
     daemon = Daemon(daemon_env)
     try:
         wait_until(lambda: daemon.saw("scan_finished"), timeout=60, what="start-up")
-        address = next(e["address"] for e in daemon.events if e.get("event") == "metrics_listening")
+        address = next(e["address"] for e in daemon.events if e.get("event") == "http_listening")
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
             text = response.read()
     finally:

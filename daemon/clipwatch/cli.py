@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
                                            "how many rows it holds by status and model.")
     db_status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _review_parsers(sub, common)
+    user = sub.add_parser("user", help="users of the review pages and search (http.users_file)",
+                          description="Manage the htpasswd file named by http.users_file.")
+    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="SUBCOMMAND")
+    add = user_sub.add_parser("add", parents=[common], help="add a user, or set their password",
+                              description="Ask for a password (twice, not echoed) or read one line from standard "
+                                          "input (--password-stdin), and write NAME:BCRYPT-HASH into "
+                                          "http.users_file (created readable by its owner only; the daemon "
+                                          "re-reads it, no restart needed).")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     return parser
 
 
@@ -153,6 +163,8 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
             return commands.cmd_verdicts(config, args.status, args.json, args.limit)
         case "dismiss" | "confirm":
             return commands.cmd_decide(config, args.ids, args.decision, args.by)
+    if args.command == "user":
+        return commands.cmd_user_add(config, args.name, args.password_stdin)
     if args.db_command == "init":
         return commands.cmd_db_init(config, args.dimension)
     return commands.cmd_db_status(config, args.json)

@@ -99,15 +99,17 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_health(config: Config) -> int:
     import urllib.error
-    import urllib.request
 
     url = _daemon_url(config, "/healthz")
     if url is None:
         raise ConfigError("metrics.listen: the health check needs the daemon's HTTP endpoint, which is disabled")
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with _open_daemon(config, url, None, timeout=10) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            print(f"unknown: {url} asks for a user (http.protect_metrics): check it with curl -u NAME")
+            return 1
         body = json.loads(exc.read() or b"{}")
         print(f"unhealthy: {'; '.join(body.get('problems', [])) or exc.reason}")
         return 1
@@ -125,26 +127,36 @@ def _daemon_url(config: Config, path: str) -> str | None:
     if address is None or address[1] == 0:
         return None
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address[0], address[0])
-    return f"http://[{host}]:{address[1]}{path}" if ":" in host else f"http://{host}:{address[1]}{path}"
+    scheme = "https" if config.http.tls_cert else "http"
+    return f"{scheme}://[{host}]:{address[1]}{path}" if ":" in host else f"{scheme}://{host}:{address[1]}{path}"
+
+
+def _open_daemon(config: Config, url: str, body: bytes | None, timeout: float) -> Any:
+    """urlopen of the daemon's endpoint; over TLS, its certificate is trusted as its own authority (a
+    self-signed one works when it names the host of metrics.listen)."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=config.http.tls_cert) if config.http.tls_cert else None
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    return urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout, context=context)
 
 
 def _ask_daemon(config: Config, request: dict[str, object]) -> dict[str, Any] | None:
     """The running daemon's answer (its index and model are loaded), or None if no daemon of this store
-    and table answers at metrics.listen."""
+    and table answers at metrics.listen, or it asks for a user (http.users_file): then the search runs here."""
     import urllib.error
-    import urllib.request
 
     url = _daemon_url(config, "/search")
     if url is None:
         return None
-    body = json.dumps(request).encode()
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),
-                                    timeout=30) as response:
+        with _open_daemon(config, url, json.dumps(request).encode(), timeout=30) as response:
             answer: dict[str, Any] = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 400:
             raise ClipwatchError(json.loads(exc.read()).get("error", "bad request")) from None
+        log.debug("daemon_refused_search", url=url, status=exc.code)
         return None
     except (OSError, ValueError):
         return None  # no daemon there: search locally
@@ -295,3 +307,21 @@ def _require_table(store: Any) -> None:
     if dimension is None:
         raise ClipwatchError(f"table {store.table!r} does not exist yet in {store.location()}")
     store.init_schema(dimension)
+
+
+def cmd_user_add(config: Config, name: str, from_stdin: bool) -> int:
+    import getpass
+
+    from .web.users import set_user
+
+    if not config.http.users_file:
+        raise ConfigError("http.users_file: name the file to write (in the config, or CLIPWATCH_HTTP__USERS_FILE)")
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise ClipwatchError("the two passwords differ; nothing written")
+    existed = set_user(config.http.users_file, name, password)
+    print(f"{'changed the password of' if existed else 'added'} {name} in {config.http.users_file}")
+    return 0

@@ -104,6 +104,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    """The review pages, their API and `POST /search`, served at metrics.listen beside /metrics."""
+    users_file: str = ""  # htpasswd, bcrypt lines (`clipwatch user add`); empty: only on a loopback listen
+    tls_cert: str = ""
+    tls_key: str = ""
+    protect_metrics: bool = False  # also ask a user for /metrics and /healthz
+    max_body_bytes: int = 32 * 1024 * 1024
+    search_concurrency: int = 1  # searches running the model at once (the model is shared with ingest)
+    search_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -126,6 +138,7 @@ class Config:
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     errors: ErrorsConfig = field(default_factory=ErrorsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: str = ""  # the file it was read from, for messages

@@ -23,6 +23,7 @@ from .config import (
     DaemonConfig,
     DuplicatesConfig,
     ErrorsConfig,
+    HTTPConfig,
     IndexConfig,
     LogConfig,
     MetricsConfig,
@@ -47,6 +48,7 @@ SECTIONS: dict[str, type] = {
     "quarantine": QuarantineConfig,
     "errors": ErrorsConfig,
     "metrics": MetricsConfig,
+    "http": HTTPConfig,
     "log": LogConfig,
     "daemon": DaemonConfig,
 }
@@ -167,6 +169,7 @@ def _validate(config: Config) -> Config:
     if not m.name:
         raise ConfigError("model.name: expected a model id (e.g. clip-ViT-B-32) or a local directory")
     parse_listen(config.metrics.listen)
+    http = _validate_http(config.http)
     config.store_url  # noqa: B018 - parses store.url now, so that a bad URL fails at start
     _unit_interval("duplicates.threshold", config.duplicates.threshold)
     _unit_interval("prohibited.image_threshold", config.prohibited.image_threshold)
@@ -196,7 +199,23 @@ def _validate(config: Config) -> Config:
         quarantine=QuarantineConfig(dir=quarantine),
         prohibited=dataclasses.replace(config.prohibited, reference_dir=reference_dir),
         errors=ErrorsConfig(quarantine_dir=bad_files),
+        http=http,
     )
+
+
+def _validate_http(h: HTTPConfig) -> HTTPConfig:
+    _positive("http.max_body_bytes", h.max_body_bytes, minimum=1024)
+    _positive("http.search_concurrency", h.search_concurrency, minimum=1)
+    if h.search_timeout_s <= 0:
+        raise ConfigError(f"http.search_timeout_s: expected a number of seconds > 0, got {h.search_timeout_s}")
+    if bool(h.tls_cert) != bool(h.tls_key):
+        raise ConfigError("http.tls_cert and http.tls_key: give both (a certificate and its key) or neither")
+    for key, path in (("http.tls_cert", h.tls_cert), ("http.tls_key", h.tls_key)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{key}: {path!r} is not a readable file")
+    return dataclasses.replace(h, users_file=_absolute(h.users_file) if h.users_file else "",
+                               tls_cert=_absolute(h.tls_cert) if h.tls_cert else "",
+                               tls_key=_absolute(h.tls_key) if h.tls_key else "")
 
 
 def _absolute(path: str) -> str:

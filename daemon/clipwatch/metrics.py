@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
 from .errors import FileRejected
-from .vocab import REASON_STAGE, TIMED_STAGES, Action, Reason, Result, Source, Stage, Status
+from .vocab import REASON_STAGE, TIMED_STAGES, Action, Reason, Refusal, Result, Source, Stage, Status
 
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -67,6 +67,13 @@ class Metrics:
                                 registry=r)
         self.sync_success = Gauge("clipwatch_index_sync_last_success_timestamp_seconds",
                                   "Unix time of the last index sync round that reached the store", registry=r)
+        self.http_refused = Counter("clipwatch_http_refused_total",
+                                    "Requests the HTTP endpoint refused, by why (unauthenticated, cross_site, off, "
+                                    "too_large, busy, too_slow)", ["reason"], registry=r)
+        self.searches = Histogram("clipwatch_search_duration_seconds", "Time to answer POST /search",
+                                  buckets=SECONDS_BUCKETS, registry=r)
+        for refusal in Refusal:
+            self.http_refused.labels(refusal)
         for kind in (Status.DUPLICATE, Status.PROHIBITED):
             for action in Action:
                 self.verdicts.labels(kind, action)

@@ -25,7 +25,6 @@ from .embedder import Embedder
 from .errors import ConfigError, StoreError
 from .files import PathFilter
 from .health import Health
-from .httpapi import HTTPServer
 from .index import VectorIndex
 from .intake import Intake
 from .judge import Judge
@@ -39,6 +38,7 @@ from .store import Store, open_store
 from .sync import IndexSync, load_index
 from .vocab import Source
 from .watcher import Watcher
+from .web import WebServer, serve
 from .worker import Worker
 
 log = get_logger(__name__)
@@ -65,7 +65,7 @@ class Service:
         self._sync_from = datetime.min
         self.scan_counts = ScanCounts()
         self.watcher: Watcher | None = None
-        self._http: HTTPServer | None = None
+        self._http: WebServer | None = None
         self._api_store: Store | None = None  # the HTTP threads' own connection, used under _api_lock
         self._api_lock = threading.Lock()
 
@@ -124,8 +124,7 @@ class Service:
         address = metrics_address(self.config)
         if address and watching:
             self._api_store = open_store(self.config)
-            self._http = HTTPServer(*address, self.metrics.registry, self.answer_search, self.health)
-            log.info("metrics_listening", address=f"{address[0]}:{self._http.port}")
+            self._http = serve(self.config.http, *address, self.metrics, self.answer_search, self.health)
 
     def _warn_foreign_rows(self) -> None:
         assert self.store is not None

@@ -101,6 +101,17 @@ class Reason(StrEnum):
     ROOT_MISSING = "root_missing"
 
 
+class Refusal(StrEnum):
+    """Why the HTTP endpoint refused a request (label of clipwatch_http_refused_total)."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    CROSS_SITE = "cross_site"
+    OFF = "off"  # review and search on a non-loopback address with no users file
+    TOO_LARGE = "too_large"
+    BUSY = "busy"  # every search slot stayed taken for search_timeout_s
+    TOO_SLOW = "too_slow"
+
+
 # The stage each reason belongs to: every (stage, reason) pair of clipwatch_errors_total.
 REASON_STAGE: dict[Reason, Stage] = {
     Reason.NOT_FOUND: Stage.READ, Reason.NOT_A_FILE: Stage.READ, Reason.EMPTY: Stage.READ,

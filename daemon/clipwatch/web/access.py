@@ -1,0 +1,131 @@
+"""Who may reach what: the gate in front of every route but /metrics and /healthz.
+
+- `/metrics` and `/healthz` are open (the Prometheus convention) unless `http.protect_metrics`.
+- Everything else needs a user from `http.users_file`: a session (the login page) or HTTP basic auth
+  (scripts, `curl -u`). With no users file it answers only on a loopback `metrics.listen`, to anyone on
+  this host; on any other address it is off (404, and a warning at start names the key).
+- Every POST is checked for a cross-site origin first (Fetch metadata `Sec-Fetch-Site`, else `Origin`
+  against `Host`), the way Go's net/http CrossOriginProtection does: a browser always sends one of
+  them on a cross-site POST, so no form token is needed; clients that send neither (curl) are not
+  browsers and carry no ambient credentials. Session cookies are also SameSite=Strict.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from ..metrics import Metrics
+from ..vocab import Refusal
+from .users import Users
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+OPEN = ("/metrics", "/healthz")
+PUBLIC = ("/login", "/static/")  # the login page and what it needs
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+SAME_SITE = ("same-origin", "none")  # `none`: typed in the address bar or a bookmark
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Access:
+    """ASGI middleware; sets scope["user"] to the user's name ("" for the loopback-only mode)."""
+
+    def __init__(self, app: ASGIApp, users: Users | None, loopback: bool, protect_metrics: bool,
+                 metrics: Metrics) -> None:
+        self.app, self.users, self.loopback, self.protect_metrics = app, users, loopback, protect_metrics
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if method not in SAFE_METHODS and _cross_site(headers):
+            await self._refuse(Refusal.CROSS_SITE, 403, "cross-site request refused", scope, receive, send)
+            return
+        if (path in OPEN and not self.protect_metrics) or path.startswith(PUBLIC):
+            await self.app(scope, receive, send)
+            return
+        if self.users is None:
+            if self.loopback:
+                scope["user"] = ""
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse(Refusal.OFF, 404, "the review pages and search are off on a non-loopback "
+                                   "address until http.users_file names the users", scope, receive, send)
+            return
+        user = await self._user(scope, headers)
+        if user is None:
+            await self._unauthenticated(scope, headers, receive, send)
+            return
+        scope["user"] = user
+        await self.app(scope, receive, send)
+
+    async def _user(self, scope: Scope, headers: dict[str, str]) -> str | None:
+        assert self.users is not None
+        session = scope.get("session") or {}
+        name = session.get("user")
+        if isinstance(name, str) and name in self.users.names():
+            return name
+        given = _basic(headers.get("authorization", ""))
+        if given is None:
+            return None
+        name, password = given
+        return name if await run_in_threadpool(self.users.check, name, password) else None
+
+    async def _unauthenticated(self, scope: Scope, headers: dict[str, str], receive: Callable[[], Awaitable[Any]],
+                               send: Callable[[Any], Awaitable[None]]) -> None:
+        self.metrics.http_refused.labels(Refusal.UNAUTHENTICATED).inc()
+        response: Response
+        if scope["method"] == "GET" and "text/html" in headers.get("accept", "") and "authorization" not in headers:
+            target = scope["path"] + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
+            response = RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
+        else:
+            response = JSONResponse({"error": "log in, or send HTTP basic auth of a user in http.users_file"},
+                                    status_code=401, headers={"WWW-Authenticate": 'Basic realm="clipwatch", '
+                                                                                  'charset="UTF-8"'})
+        await response(scope, receive, send)
+
+    async def _refuse(self, why: Refusal, status: int, message: str, scope: Scope,
+                      receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+        self.metrics.http_refused.labels(why).inc()
+        await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+def _cross_site(headers: dict[str, str]) -> bool:
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site not in SAME_SITE
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc != headers.get("host", "")
+
+
+def _basic(header: str) -> tuple[str, str] | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        name, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (name, password) if sep else None

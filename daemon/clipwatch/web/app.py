@@ -1,0 +1,113 @@
+"""The Starlette app: every route of the HTTP endpoint, wired in one place.
+
+    GET  /metrics          prometheus_client's own exposition (open unless http.protect_metrics)
+    GET  /healthz          open unless http.protect_metrics
+    POST /search           JSON similarity search (api.py)
+    GET  /login, POST /login, POST /logout
+    GET  /                 the review queue (review.py)
+
+Sessions are signed cookies (Starlette's SessionMiddleware, itsdangerous) under a key made at start:
+a restart logs everyone out, and there is no secret to configure or leak.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import make_asgi_app
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..config import HTTPConfig
+from ..metrics import Metrics
+from .access import Access
+from .api import HealthHandler, ModelGate, SearchHandler, routes_for
+from .users import Users
+
+SESSION_MAX_AGE_S = 12 * 3600
+PACKAGE = resources.files("clipwatch.web")
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """What the routes need from the daemon."""
+
+    http: HTTPConfig
+    metrics: Metrics
+    loopback: bool  # metrics.listen is a loopback address
+    search: SearchHandler | None = None
+    health: HealthHandler | None = None
+
+
+def build_app(ctx: WebContext) -> Starlette:
+    users = Users(ctx.http.users_file) if ctx.http.users_file else None
+    templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
+    templates.env.globals["auth"] = users is not None
+    api = routes_for(ctx.search, ctx.health, ModelGate(ctx.http.search_concurrency, ctx.http.search_timeout_s),
+                     ctx.http.max_body_bytes, ctx.metrics)
+
+    async def login_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "login.html", {"next": _local(request.query_params.get("next"))})
+
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        name, password = str(form.get("user", "")), str(form.get("password", ""))
+        target = _local(str(form.get("next", "")))
+        if users is not None and await run_in_threadpool(users.check, name, password):
+            request.session.clear()
+            request.session["user"] = name
+            return RedirectResponse(target, status_code=303)
+        return templates.TemplateResponse(request, "login.html", {"next": target, "failed": True}, status_code=401)
+
+    async def logout(request: Request) -> Response:
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    async def home(request: Request) -> Response:
+        return templates.TemplateResponse(request, "home.html", {"user": request.scope.get("user", "")})
+
+    routes: list[Any] = [
+        Route("/metrics", _ASGIApp(make_asgi_app(ctx.metrics.registry)), methods=["GET"]),
+        Route("/healthz", api["/healthz"], methods=["GET"]),
+        Route("/search", api["/search"], methods=["POST"]),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/", home, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static"),
+    ]
+    middleware = [
+        Middleware(SessionMiddleware, secret_key=secrets.token_urlsafe(32), session_cookie="clipwatch_session",
+                   max_age=SESSION_MAX_AGE_S, same_site="strict", https_only=bool(ctx.http.tls_cert)),
+        Middleware(Access, users=users, loopback=ctx.loopback, protect_metrics=ctx.http.protect_metrics,
+                   metrics=ctx.metrics),
+    ]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+class _ASGIApp:
+    """Starlette takes a plain function for a request handler; prometheus_client's app is an ASGI one."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def _local(target: str | None) -> str:
+    """Where to go after logging in: a path on this server only (never another site)."""
+    if not target or not target.startswith("/") or target.startswith("//") or urlsplit(target).netloc:
+        return "/"
+    return target
