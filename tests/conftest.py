@@ -7,6 +7,8 @@ run `pytest -m "not mysql"` knowingly.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import signal
@@ -27,6 +29,7 @@ from clipwatch.changes import Change
 from clipwatch.config import Config
 from clipwatch.config_loader import load_config
 from clipwatch.embedder import Embedder
+from clipwatch.metrics import Metrics
 from clipwatch.service import Service
 from clipwatch.store import Store, StoredFile, open_store
 from clipwatch.testing import build_random_clip
@@ -318,6 +321,35 @@ def vector_at(store: Store, path: str) -> np.ndarray | None:
     """The stored vector of this instance's row at `path`, or None."""
     row = store.get_many([path]).get(path)
     return store.vectors_of([row.id]).get(row.id) if row else None
+
+
+class Client:
+    """A plain HTTP client of the daemon's endpoint that keeps the session cookie."""
+
+    def __init__(self, port: int, metrics: Metrics) -> None:
+        self.port, self.metrics = port, metrics
+        self.cookie = ""
+
+    def request(self, method: str, path: str, body: bytes | None = None, auth: tuple[str, str] | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        sent = dict(headers or {})
+        if auth:
+            sent["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        if self.cookie:
+            sent["Cookie"] = self.cookie
+        try:
+            conn.request(method, path, body=body, headers=sent)
+            response = conn.getresponse()
+            got = {k.lower(): v for k, v in response.getheaders()}
+            if "set-cookie" in got:
+                self.cookie = got["set-cookie"].split(";")[0]
+            return response.status, got, response.read()
+        finally:
+            conn.close()
+
+    def refused(self, why: str) -> float:
+        return self.metrics.registry.get_sample_value("clipwatch_http_refused_total", {"reason": why}) or 0.0
 
 
 def free_port() -> int:

@@ -23,39 +23,15 @@ import pytest
 
 from clipwatch.config import HTTPConfig
 from clipwatch.metrics import Metrics
+from clipwatch.store.sqlite import SQLiteStore
 from clipwatch.web import WebContext, WebServer, build_app
+from clipwatch.web.review import Desk
+from clipwatch.web.thumbs import Thumbnails
 from clipwatch.web.users import set_user
-from conftest import Daemon, clipwatch_command, free_port, rows_under, run_cli, wait_until, write_image
+from conftest import Client, Daemon, clipwatch_command, free_port, rows_under, run_cli, wait_until, write_image
 
-PROTECTED = [("GET", "/"), ("POST", "/search")]
+PROTECTED = [("GET", "/"), ("POST", "/search"), ("GET", "/thumb/1"), ("GET", "/file/1"), ("POST", "/api/decide")]
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-class Client:
-    def __init__(self, port: int, metrics: Metrics) -> None:
-        self.port, self.metrics = port, metrics
-        self.cookie = ""
-
-    def request(self, method: str, path: str, body: bytes | None = None, auth: tuple[str, str] | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-        sent = dict(headers or {})
-        if auth:
-            sent["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        if self.cookie:
-            sent["Cookie"] = self.cookie
-        try:
-            conn.request(method, path, body=body, headers=sent)
-            response = conn.getresponse()
-            got = {k.lower(): v for k, v in response.getheaders()}
-            if "set-cookie" in got:
-                self.cookie = got["set-cookie"].split(";")[0]
-            return response.status, got, response.read()
-        finally:
-            conn.close()
-
-    def refused(self, why: str) -> float:
-        return self.metrics.registry.get_sample_value("clipwatch_http_refused_total", {"reason": why}) or 0.0
 
 
 def _search(request: dict[str, Any]) -> dict[str, Any]:
@@ -65,18 +41,22 @@ def _search(request: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Client]]:
     servers: list[WebServer] = []
+    store = SQLiteStore(str(tmp_path / "store.sqlite3"), "images", "test")
+    store.init_schema(512)
+    desk = Desk(store, threading.Lock(), Thumbnails(tmp_path / "thumbs", [str(tmp_path / "watched")], 10**8, 10**8))
 
     def start(loopback: bool = False, search: Callable[[dict[str, Any]], dict[str, Any]] = _search,
               **http: Any) -> Client:
         metrics = Metrics()
         config = HTTPConfig(**{"users_file": str(tmp_path / "users"), **http})
-        app = build_app(WebContext(config, metrics, loopback, search, lambda: (True, {"status": "ok"})))
+        app = build_app(WebContext(config, metrics, loopback, search, lambda: (True, {"status": "ok"}), desk))
         servers.append(WebServer(app, "127.0.0.1", 0))
         return Client(servers[-1].port, metrics)
 
     yield start
     for server in servers:
         server.close()
+    store.close()
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ from .sync import IndexSync, load_index
 from .vocab import Source
 from .watcher import Watcher
 from .web import WebServer, serve
+from .web.review import Desk
+from .web.thumbs import Thumbnails
 from .worker import Worker
 
 log = get_logger(__name__)
@@ -124,7 +126,10 @@ class Service:
         address = metrics_address(self.config)
         if address and watching:
             self._api_store = open_store(self.config)
-            self._http = serve(self.config.http, *address, self.metrics, self.answer_search, self.health)
+            desk = Desk(self._api_store, self._api_lock, Thumbnails(
+                self.config.data_dir / "thumbnails", [*self.config.watch.paths, self.config.quarantine.dir],
+                self.config.model.max_image_pixels, self.config.watch.max_file_bytes))
+            self._http = serve(self.config.http, *address, self.metrics, self.answer_search, self.health, desk)
 
     def _warn_foreign_rows(self) -> None:
         assert self.store is not None

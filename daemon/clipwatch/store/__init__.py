@@ -17,6 +17,8 @@ from .records import (
     PendingMove,
     RecordDecision,
     Rename,
+    ReviewItem,
+    ReviewQuery,
     SameBytes,
     SetVerdict,
     StoredFile,
@@ -39,6 +41,6 @@ def open_store(config: Config) -> Store:
                       config.store.connect_timeout_s)
 
 
-__all__ = ["PAGE", "Applied", "ChangePage", "SetVerdict", "DecisionRecord", "Delete", "DeleteTree", "FinishMove",
-           "FlaggedRow", "JournalMove", "Op", "PendingMove", "RecordDecision", "Rename", "SameBytes", "Store",
-           "StoreStatus", "StoredFile", "Touch", "Upsert", "open_store"]
+__all__ = ["PAGE", "Applied", "ChangePage", "DecisionRecord", "Delete", "DeleteTree", "FinishMove", "FlaggedRow",
+           "JournalMove", "Op", "PendingMove", "RecordDecision", "Rename", "ReviewItem", "ReviewQuery", "SameBytes",
+           "SetVerdict", "Store", "StoreStatus", "StoredFile", "Touch", "Upsert", "open_store"]

@@ -26,6 +26,8 @@ from .records import (
     FlaggedRow,
     Op,
     PendingMove,
+    ReviewItem,
+    ReviewQuery,
     SameBytes,
     StoredFile,
     StoreStatus,
@@ -159,6 +161,10 @@ class Store(ABC):
     @abstractmethod
     def flagged(self, status: Status | None = None, page: int = PAGE) -> Iterator[FlaggedRow]:
         """Rows of every instance judged duplicate or prohibited (or only `status`), newest first."""
+
+    @abstractmethod
+    def review_queue(self, query: ReviewQuery, limit: int) -> list[ReviewItem]:
+        """A page of the review queue: flagged rows of every instance, newest first, as `query` filters."""
 
     @abstractmethod
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, FlaggedRow]:

@@ -54,6 +54,31 @@ class FlaggedRow:
 
 
 @dataclass(frozen=True)
+class ReviewQuery:
+    """What the review queue shows: flagged rows, newest first, filtered; `before` is the (updated_at, id)
+    of the last row of the previous page (keyset paging: as fast on page 1,000 as on page 1)."""
+
+    status: Status | None = None
+    label: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    instance: str | None = None
+    before: tuple[datetime, int] | None = None
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A flagged row with what the review page shows of both files."""
+
+    row: FlaggedRow
+    size: int
+    mtime: float
+    match_size: int | None
+    match_mtime: float | None
+    match_instance: str | None
+
+
+@dataclass(frozen=True)
 class DecisionRecord:
     """One decision a person took about a verdict. Keyed by content: the flagged file's sha256 and the
     match's sha256 (duplicates) or the reference's label (prohibited)."""

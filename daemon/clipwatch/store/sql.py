@@ -14,12 +14,23 @@ import numpy as np
 from ..errors import StoreError
 from ..vocab import Action, Decision, Status
 from .base import PAGE
-from .records import ChangePage, DecisionRecord, FlaggedRow, PendingMove, SameBytes, StoredFile, StoreStatus
+from .records import (
+    ChangePage,
+    DecisionRecord,
+    FlaggedRow,
+    PendingMove,
+    ReviewItem,
+    ReviewQuery,
+    SameBytes,
+    StoredFile,
+    StoreStatus,
+)
 from .sqlbase import DECISION_COLUMNS, SQLBase, _prefix_range, _vectors
 
 FILE_COLUMNS = "id, path, sha256, size, mtime, model, status, instance, match_id"  # a StoredFile, in order
 FLAGGED = ("SELECT a.id, a.instance, a.path, a.sha256, a.status, a.match_id, b.path, b.sha256, a.score, a.label, "
            "a.updated_at FROM {t} a LEFT JOIN {t} b ON b.id = a.match_id")
+REVIEW = FLAGGED.replace(" FROM", ", a.size, a.mtime, b.size, b.mtime, b.instance FROM", 1)
 
 
 class SQLStore(SQLBase):
@@ -156,6 +167,24 @@ class SQLStore(SQLBase):
             if len(rows) < page:
                 return
             keyset = [rows[-1][-1], rows[-1][-1], rows[-1][0]]
+
+    def review_queue(self, query: ReviewQuery, limit: int) -> list[ReviewItem]:
+        p = self.PARAM
+        statuses = [query.status] if query.status else [Status.DUPLICATE, Status.PROHIBITED]
+        where, params = [f"a.status IN ({self._marks(len(statuses))})"], list[Any](statuses)
+        for clause, value in ((f"a.label = {p}", query.label), (f"a.score >= {p}", query.min_score),
+                              (f"a.score <= {p}", query.max_score), (f"a.instance = {p}", query.instance)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if query.before is not None:
+            when = self._timestamp(query.before[0])
+            where.append(f"(a.updated_at < {p} OR (a.updated_at = {p} AND a.id < {p}))")
+            params += [when, when, query.before[1]]
+        rows = self._fetch(f"{REVIEW.format(t=self.t)} WHERE {' AND '.join(where)} "
+                           f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(limit)}", params)
+        return [ReviewItem(self._flagged_row(r), int(r[11]), float(r[12]), None if r[13] is None else int(r[13]),
+                           r[14], r[15]) for r in rows]
 
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, FlaggedRow]:
         rows = self._by_chunks(FLAGGED.format(t=self.t) + " WHERE a.id IN ({marks})", ids)

@@ -5,6 +5,7 @@
     access.py   who may reach what (users, sessions, basic auth, cross-site POSTs)
     users.py    the htpasswd users file (bcrypt)
     api.py      /healthz and POST /search with its bounds
+    review.py   the review queue, thumbnails, decisions (thumbs.py makes the thumbnails)
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from ..metrics import Metrics
 from .access import is_loopback
 from .api import HealthHandler, SearchHandler
 from .app import WebContext, build_app
+from .review import Desk
 from .server import WebServer
 
 log = get_logger(__name__)
 
 
 def serve(http: HTTPConfig, host: str, port: int, metrics: Metrics, search: SearchHandler | None,
-          health: HealthHandler | None) -> WebServer:
+          health: HealthHandler | None, desk: Desk | None = None) -> WebServer:
     """Start the endpoint at metrics.listen; warn when review and search are off or nobody can log in."""
     loopback = is_loopback(host)
-    server = WebServer(build_app(WebContext(http, metrics, loopback, search, health)), host, port,
+    server = WebServer(build_app(WebContext(http, metrics, loopback, search, health, desk)), host, port,
                        http.tls_cert, http.tls_key)
     log.info("http_listening", address=f"{host}:{server.port}", tls=server.tls,
              review=bool(http.users_file) or loopback, users_file=http.users_file or None)

@@ -4,7 +4,7 @@
     GET  /healthz          open unless http.protect_metrics
     POST /search           JSON similarity search (api.py)
     GET  /login, POST /login, POST /logout
-    GET  /                 the review queue (review.py)
+    GET  /                 the review queue; /thumb/{id}, /file/{id}, POST /api/decide (review.py)
 
 Sessions are signed cookies (Starlette's SessionMiddleware, itsdangerous) under a key made at start:
 a restart logs everyone out, and there is no secret to configure or leak.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +33,10 @@ from starlette.templating import Jinja2Templates
 from ..config import HTTPConfig
 from ..metrics import Metrics
 from .access import Access
-from .api import HealthHandler, ModelGate, SearchHandler, routes_for
+from .api import HealthHandler, ModelGate, SearchHandler
+from .api import routes_for as api_routes
+from .review import Desk
+from .review import routes_for as review_routes
 from .users import Users
 
 SESSION_MAX_AGE_S = 12 * 3600
@@ -48,13 +52,16 @@ class WebContext:
     loopback: bool  # metrics.listen is a loopback address
     search: SearchHandler | None = None
     health: HealthHandler | None = None
+    desk: Desk | None = None  # the review pages, when the daemon has a store for them
 
 
 def build_app(ctx: WebContext) -> Starlette:
     users = Users(ctx.http.users_file) if ctx.http.users_file else None
     templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
     templates.env.globals["auth"] = users is not None
-    api = routes_for(ctx.search, ctx.health, ModelGate(ctx.http.search_concurrency, ctx.http.search_timeout_s),
+    templates.env.filters["filesize"] = _filesize
+    templates.env.filters["timestamp"] = lambda t: datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    api = api_routes(ctx.search, ctx.health, ModelGate(ctx.http.search_concurrency, ctx.http.search_timeout_s),
                      ctx.http.max_body_bytes, ctx.metrics)
 
     async def login_page(request: Request) -> Response:
@@ -74,9 +81,6 @@ def build_app(ctx: WebContext) -> Starlette:
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
-    async def home(request: Request) -> Response:
-        return templates.TemplateResponse(request, "home.html", {"user": request.scope.get("user", "")})
-
     routes: list[Any] = [
         Route("/metrics", _ASGIApp(make_asgi_app(ctx.metrics.registry)), methods=["GET"]),
         Route("/healthz", api["/healthz"], methods=["GET"]),
@@ -84,7 +88,7 @@ def build_app(ctx: WebContext) -> Starlette:
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
-        Route("/", home, methods=["GET"]),
+        *_review(ctx.desk, templates),
         Mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static"),
     ]
     middleware = [
@@ -94,6 +98,20 @@ def build_app(ctx: WebContext) -> Starlette:
                    metrics=ctx.metrics),
     ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+def _review(desk: Desk | None, templates: Jinja2Templates) -> list[Route]:
+    if desk is None:
+        return []
+    handlers = review_routes(desk, templates)
+    return [Route(path, handler, methods=["POST"] if path.startswith("/api/") else ["GET"])
+            for path, handler in handlers.items()]
+
+
+def _filesize(size: int) -> str:
+    if size < 1024:
+        return f"{size:,} bytes"
+    return f"{size / 1024:.1f} KiB" if size < 1024 ** 2 else f"{size / 1024 ** 2:.1f} MiB"
 
 
 class _ASGIApp:

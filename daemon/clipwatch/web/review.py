@@ -1,0 +1,171 @@
+"""The review queue: flagged rows side by side with what they matched, and the decisions taken on them.
+
+    GET  /                 the queue, newest first; ?status=&label=&min_score=&max_score=&instance=&before=
+    GET  /thumb/{id}       a row's thumbnail (only files under a root or the quarantine; else 404)
+    GET  /file/{id}        a row's file, the same way
+    POST /api/decide       {"ids": [...], "decision": "dismissed" | "confirmed"} -> {"said": [...]}
+
+The HTTP threads share one store connection of their own (`Desk`), one request at a time; a store that
+cannot be reached answers 503 and is reconnected at the next request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.templating import Jinja2Templates
+
+from ..errors import ClipwatchError, StoreError
+from ..logs import get_logger
+from ..review import decide
+from ..store import ReviewItem, ReviewQuery, Store
+from ..vocab import Decision, Status
+from .thumbs import Thumbnails
+
+log = get_logger(__name__)
+PAGE_SIZE = 50
+T = TypeVar("T")
+
+
+class Desk:
+    """What the review pages do with the store and the files."""
+
+    def __init__(self, store: Store, lock: threading.Lock, thumbnails: Thumbnails) -> None:
+        self.store, self.lock, self.thumbnails = store, lock, thumbnails
+
+    def with_store(self, work: Callable[[Store], T]) -> T:
+        with self.lock:
+            try:
+                return work(self.store)
+            except StoreError:
+                self.store.reconnect()
+                raise
+
+    def queue(self, query: ReviewQuery) -> list[ReviewItem]:
+        return self.with_store(lambda s: s.review_queue(query, PAGE_SIZE))
+
+    def path_and_sha(self, row_id: int) -> tuple[str, str] | None:
+        rows = self.with_store(lambda s: s.rows_by_id([row_id]))
+        return (rows[row_id].path, rows[row_id].sha256) if row_id in rows else None
+
+    def decide(self, ids: Sequence[int], decision: Decision, by: str) -> list[str]:
+        return self.with_store(lambda s: decide(s, ids, decision, by))
+
+
+@dataclass(frozen=True)
+class Side:
+    """One file of a pair as the page shows it."""
+
+    id: int | None
+    path: str
+    size: int | None
+    mtime: float | None
+    instance: str | None
+    present: bool
+    dimensions: tuple[int, int] | None
+
+
+def routes_for(desk: Desk, templates: Jinja2Templates) -> dict[str, Callable[[Request], Any]]:
+    async def queue_page(request: Request) -> Response:
+        try:
+            query = parse_query(request.query_params)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        try:
+            items = await run_in_threadpool(desk.queue, query)
+        except StoreError as exc:
+            return templates.TemplateResponse(request, "error.html", {"message": f"the store cannot be reached: {exc}"},
+                                              status_code=503)
+        pairs = await run_in_threadpool(lambda: [_pair(item, desk.thumbnails) for item in items])
+        after = items[-1].row if len(items) == PAGE_SIZE else None
+        params = {k: v for k, v in request.query_params.items() if k != "before" and v}
+        return templates.TemplateResponse(request, "review.html", {
+            "user": request.scope.get("user", ""), "pairs": pairs, "filters": params,
+            "next": {**params, "before": f"{after.updated_at.isoformat()}|{after.id}"} if after else None,
+            "first_page": query.before is None})
+
+    async def thumb(request: Request) -> Response:
+        found = await run_in_threadpool(desk.path_and_sha, int(request.path_params["id"]))
+        data = await run_in_threadpool(desk.thumbnails.get, *found) if found else None
+        if data is None:
+            return Response("no such image here", status_code=404, media_type="text/plain")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def file(request: Request) -> Response:
+        found = await run_in_threadpool(desk.path_and_sha, int(request.path_params["id"]))
+        if found is None or not desk.thumbnails.servable(found[0]):
+            return Response("no such image here", status_code=404, media_type="text/plain")
+        return FileResponse(os.path.realpath(found[0]), headers={"Cache-Control": "private, no-cache",
+                                                                  "Content-Disposition": "inline"})
+
+    async def decide_endpoint(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            ids = [int(i) for i in body["ids"]]
+            decision = Decision(body["decision"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected {"ids": [...], "decision": "dismissed" | "confirmed"}'},
+                                status_code=400)
+        by = request.scope.get("user") or "local"
+        try:
+            said = await run_in_threadpool(desk.decide, ids, decision, f"{by} (web)")
+        except StoreError as exc:
+            return JSONResponse({"error": f"the store cannot be reached: {exc}"}, status_code=503)
+        except ClipwatchError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        log.info("decided", by=by, decision=decision, ids=ids)
+        return JSONResponse({"said": said})
+
+    return {"/": queue_page, "/thumb/{id:int}": thumb, "/file/{id:int}": file, "/api/decide": decide_endpoint}
+
+
+def parse_query(params: Any) -> ReviewQuery:
+    """The filters of the queue from the URL; a bad value is a ValueError naming it."""
+    def number(name: str) -> float | None:
+        value = params.get(name) or None
+        try:
+            return None if value is None else float(value)
+        except ValueError:
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+
+    status = params.get("status") or None
+    if status is not None and status not in (Status.DUPLICATE, Status.PROHIBITED):
+        raise ValueError(f"status: expected duplicate or prohibited, got {status!r}")
+    before = None
+    if params.get("before"):
+        when, _, row_id = params["before"].rpartition("|")
+        try:
+            before = (datetime.fromisoformat(when).replace(tzinfo=None), int(row_id))
+        except ValueError:
+            raise ValueError("before: expected the cursor of a next-page link") from None
+    return ReviewQuery(status=Status(status) if status else None, label=params.get("label") or None,
+                       min_score=number("min_score"), max_score=number("max_score"),
+                       instance=params.get("instance") or None, before=before)
+
+
+def _pair(item: ReviewItem, thumbnails: Thumbnails) -> dict[str, Any]:
+    r = item.row
+    upload = _side(r.id, r.path, item.size, item.mtime, r.instance, thumbnails)
+    match = None
+    if r.match_id is not None and r.match_path is not None:
+        match = _side(r.match_id, r.match_path, item.match_size, item.match_mtime, item.match_instance, thumbnails)
+    return {"row": r, "upload": upload, "match": match, "flagged_at": _when(r.updated_at.replace(tzinfo=UTC))}
+
+
+def _side(row_id: int, path: str, size: int | None, mtime: float | None, instance: str | None,
+          thumbnails: Thumbnails) -> Side:
+    present = thumbnails.servable(path)
+    return Side(row_id, path, size, mtime, instance, present, thumbnails.dimensions(path) if present else None)
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,95 @@
+"""Thumbnails for the review page, made on demand from the files and cached by sha256.
+
+Only files under a watched root or the quarantine directory are ever read (after resolving links), so
+a row of another server, or one whose path now leads elsewhere, gets nothing. Images go through the
+same decoder as ingest (`imaging.decode_image`: EXIF orientation, pixel limit, JPEG draft mode), then are
+shrunk to at most `SIDE` pixels a side. The cache holds at most `CACHE_MAX` files; the oldest go first.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import FileRejected
+from ..imaging import decode_image
+
+SIDE = 360
+CACHE_MAX = 20_000
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Thumbnails:
+    def __init__(self, cache_dir: Path, allowed: Sequence[str], max_pixels: int, max_bytes: int) -> None:
+        self.cache_dir, self.max_pixels, self.max_bytes = cache_dir, max_pixels, max_bytes
+        self.allowed = tuple(os.path.realpath(a) for a in allowed if a)
+        self._written = 0
+        self._lock = threading.Lock()
+
+    def servable(self, path: str) -> bool:
+        """An existing regular file under a root or the quarantine, links resolved."""
+        real = os.path.realpath(path)
+        inside = any(real == a or real.startswith(a.rstrip(os.sep) + os.sep) for a in self.allowed)
+        return inside and os.path.isfile(real)
+
+    def get(self, path: str, sha256: str) -> bytes | None:
+        """A JPEG thumbnail of the file, or None when it cannot be served (gone, outside, not an image)."""
+        if not SHA256.match(sha256) or not self.servable(path):
+            return None
+        cached = self.cache_dir / sha256[:2] / f"{sha256}.jpg"
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
+        try:
+            with open(os.path.realpath(path), "rb") as f:
+                data = f.read(self.max_bytes + 1)
+            if len(data) > self.max_bytes:
+                return None
+            image = decode_image(data, self.max_pixels, draft=SIDE)
+        except (OSError, FileRejected):
+            return None
+        image.thumbnail((SIDE, SIDE), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=82)
+        self._store(cached, out.getvalue())
+        return out.getvalue()
+
+    def dimensions(self, path: str) -> tuple[int, int] | None:
+        """Width and height as shown (EXIF rotation applied), from the header only."""
+        if not self.servable(path):
+            return None
+        try:
+            with Image.open(os.path.realpath(path)) as img:
+                width, height = img.size
+                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)
+        except Exception:  # any file a decoder chokes on is "unknown size" here
+            return None
+        return (height, width) if turned else (width, height)
+
+    def _store(self, target: Path, data: bytes) -> None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except OSError:
+            return  # a cache that cannot be written only costs time
+        with self._lock:
+            self._written += 1
+            due = self._written % 500 == 0
+        if due:
+            self._prune()
+
+    def _prune(self) -> None:
+        files = sorted(self.cache_dir.glob("??/*.jpg"), key=lambda p: p.stat().st_mtime if p.exists() else 0)
+        for old in files[:max(0, len(files) - CACHE_MAX)]:
+            old.unlink(missing_ok=True)

@@ -1,0 +1,142 @@
+"""The review queue over HTTP, on the daemon's own wiring (`Service.open` serves it), against both stores:
+pairs side by side, filters and paging, thumbnails made from the files, what can never be served, and
+decisions taken from the page's API landing in the database."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import clipwatch.web.review
+from clipwatch.store import Upsert
+from clipwatch.vocab import Status
+from clipwatch.web.users import set_user
+from conftest import Client, Harness, all_verdicts, write_image
+
+ANA = ("ana", "correct horse")
+HTML = {"Accept": "text/html"}
+
+
+def rotated_photo(path: Path, seed: int) -> Path:
+    """A landscape JPEG whose EXIF says: turn me 90 degrees (a phone held upright)."""
+    write_image(path, seed=seed, size=(64, 48))
+    with Image.open(path) as img:
+        exif = img.getexif()
+        exif[0x0112] = 6
+        img.save(path, exif=exif.tobytes())
+    return path
+
+
+def copy_later(src: Path, dest: Path, seconds: float = 10) -> Path:
+    shutil.copyfile(src, dest)
+    st = src.stat()
+    os.utime(dest, (st.st_atime, st.st_mtime + seconds))
+    return dest
+
+
+@pytest.fixture
+def served(make_harness: Callable[..., Harness], tmp_path: Path) -> tuple[Harness, Client]:
+    set_user(str(tmp_path / "users"), *ANA)
+    h = make_harness(metrics__listen="127.0.0.1:0", http__users_file=str(tmp_path / "users"))
+    assert h.service._http is not None
+    return h, Client(h.service._http.port, h.metrics)
+
+
+def ids_on(page: bytes) -> list[int]:
+    return [int(i) for i in re.findall(rb'<li class="item" id="row-(\d+)"', page)]
+
+
+def test_the_queue_shows_each_flagged_file_beside_its_match_newest_first(served):
+    h, client = served
+    original = rotated_photo(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    h.upsert(copy_later(original, h.root / "b.jpg"))
+    other = write_image(h.root / "c.jpg", seed=2)
+    h.upsert(other)
+    h.upsert(copy_later(other, h.root / "d.jpg"))
+    rows = h.verdicts()
+    status, _, page = client.request("GET", "/", auth=ANA, headers=HTML)
+    assert status == 200
+    assert ids_on(page) == [rows[str(h.root / "d.jpg")].id, rows[str(h.root / "b.jpg")].id]
+    text = page.decode()
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        assert f'src="/thumb/{rows[str(h.root / name)].id}"' in text
+    assert "48 × 64" in text  # the EXIF-rotated photo's pixels as shown
+    status, headers, thumb = client.request("GET", f"/thumb/{rows[str(original)].id}", auth=ANA)
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(thumb)) as img:
+        assert img.size[0] < img.size[1]  # upright, as a viewer shows it
+    status, _, whole = client.request("GET", f"/file/{rows[str(original)].id}", auth=ANA)
+    assert status == 200 and whole == original.read_bytes()
+
+
+def test_filters_and_pages_of_the_queue(served, monkeypatch: pytest.MonkeyPatch):
+    h, client = served
+    for seed, name in ((1, "a"), (2, "c")):
+        first = write_image(h.root / f"{name}.jpg", seed=seed)
+        h.upsert(first)
+        h.upsert(copy_later(first, h.root / f"{name}-copy.jpg"))
+    rows = h.verdicts()
+    newest, older = rows[str(h.root / "c-copy.jpg")].id, rows[str(h.root / "a-copy.jpg")].id
+    monkeypatch.setattr(clipwatch.web.review, "PAGE_SIZE", 1)
+    _, _, page = client.request("GET", "/?status=duplicate", auth=ANA)
+    assert ids_on(page) == [newest]
+    link = re.search(rb'<a class="next" href="([^"]+)"', page)
+    assert link is not None
+    _, _, second = client.request("GET", link.group(1).decode().replace("&amp;", "&"), auth=ANA)
+    assert ids_on(second) == [older]
+    assert ids_on(client.request("GET", "/?status=prohibited", auth=ANA)[2]) == []
+    assert ids_on(client.request("GET", "/?min_score=0.5&max_score=1", auth=ANA)[2]) == [newest]
+    assert ids_on(client.request("GET", "/?instance=another-server", auth=ANA)[2]) == []
+    assert client.request("GET", "/?min_score=high", auth=ANA)[0] == 400
+
+
+def test_a_vanished_file_shows_as_such_and_nothing_outside_the_roots_is_served(served, tmp_path: Path):
+    h, client = served
+    original = write_image(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    h.upsert(copy_later(original, h.root / "b.jpg"))
+    rows = h.verdicts()
+    original.unlink()  # the daemon has not seen it yet
+    _, _, page = client.request("GET", "/", auth=ANA)
+    assert b"file no longer here" in page and f'src="/thumb/{rows[str(original)].id}"'.encode() not in page
+    assert client.request("GET", f"/thumb/{rows[str(original)].id}", auth=ANA)[0] == 404
+    outside = write_image(tmp_path / "outside.jpg", seed=3)
+    h.store.apply([Upsert(str(outside), "0" * 64, 10, 1.0, h.embedder.identity, np.ones(512, np.float32) / 512**.5,
+                          Status.DUPLICATE, rows[str(h.root / "b.jpg")].id, 0.99)])
+    row = all_verdicts(h.store)[str(outside)]
+    for path in (f"/thumb/{row.id}", f"/file/{row.id}", "/thumb/999999", "/file/..%2F..%2Fetc%2Fpasswd",
+                 "/thumb/" + str(outside), "/static/..%2F..%2F..%2Fconfig.py"):
+        assert client.request("GET", path, auth=ANA)[0] == 404, path
+    (h.root / "link.jpg").symlink_to(outside)  # a link under the root that leads out of it
+    h.store.apply([Upsert(str(h.root / "link.jpg"), "1" * 64, 10, 1.0, h.embedder.identity,
+                          np.ones(512, np.float32) / 512**.5)])
+    link = all_verdicts(h.store)[str(h.root / "link.jpg")]
+    assert client.request("GET", f"/file/{link.id}", auth=ANA)[0] == 404
+
+
+def test_a_decision_from_the_page_lands_in_the_database_with_who_took_it(served):
+    h, client = served
+    original = write_image(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    h.upsert(copy_later(original, h.root / "b.jpg"))
+    copy = h.verdicts()[str(h.root / "b.jpg")]
+    asked = json.dumps({"ids": [copy.id], "decision": "dismissed"}).encode()
+    status, _, body = client.request("POST", "/api/decide", asked, auth=ANA)
+    assert status == 200 and str(copy.id) in json.loads(body)["said"][0]
+    assert h.verdicts()[str(h.root / "b.jpg")].status == Status.OK
+    (decision,) = h.store.decisions()
+    assert decision.decided_by == "ana (web)" and decision.row_id == copy.id
+    assert ids_on(client.request("GET", "/", auth=ANA)[2]) == []
+    status, _, body = client.request("POST", "/api/decide", b'{"ids": [424242], "decision": "confirmed"}', auth=ANA)
+    assert status == 404 and b"424242" in body
+    assert client.request("POST", "/api/decide", b'{"ids": "x"}', auth=ANA)[0] == 400
