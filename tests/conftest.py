@@ -375,3 +375,30 @@ def private_mysql(tmp_path: Path):  # type: ignore[no-untyped-def]
     url = start()
     yield url, start, stop
     stop()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """Headless Chromium from the distribution, driven by Selenium through its chromedriver (found or
+    installed by scripts/chromium.sh, as scripts/test does). Never skipped: no browser fails the test."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    binary, driver = os.environ.get("CLIPWATCH_TEST_CHROMIUM"), os.environ.get("CLIPWATCH_TEST_CHROMEDRIVER")
+    if not binary or not driver:
+        found = subprocess.run([str(Path(__file__).parent.parent / "scripts" / "chromium.sh")], capture_output=True,
+                               text=True, timeout=900)
+        if found.returncode != 0:
+            pytest.fail(f"no browser for the browser tests: {found.stderr.strip()}")
+        binary, driver = found.stdout.split()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    # What this machine's closed network needs (docs of the environment): no background connections.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", "--window-size=1280,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=DriverService(executable_path=driver))
+    browser.set_page_load_timeout(30)
+    yield browser
+    browser.quit()

@@ -26,9 +26,9 @@ ANA = ("ana", "correct horse")
 HTML = {"Accept": "text/html"}
 
 
-def rotated_photo(path: Path, seed: int) -> Path:
+def rotated_photo(path: Path, seed: int, size: tuple[int, int] = (64, 48)) -> Path:
     """A landscape JPEG whose EXIF says: turn me 90 degrees (a phone held upright)."""
-    write_image(path, seed=seed, size=(64, 48))
+    write_image(path, seed=seed, size=size)
     with Image.open(path) as img:
         exif = img.getexif()
         exif[0x0112] = 6
