@@ -10,3 +10,4 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON clipwatch.images TO 'clipwatch'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON clipwatch.images_deleted TO 'clipwatch'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON clipwatch.images_decisions TO 'clipwatch'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE ON clipwatch.images_moves TO 'clipwatch'@'%';
+GRANT SELECT, INSERT, UPDATE, DELETE ON clipwatch.images_actions TO 'clipwatch'@'%';

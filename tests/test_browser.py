@@ -1,6 +1,7 @@
 """The review page in a real browser (headless Chromium from the distribution, driven by Selenium):
 logging in, a flagged pair with both thumbnails actually loaded, a decision by click and by keyboard
-reaching the database. The screenshot in the README comes from here (`CLIPWATCH_SCREENSHOT=PATH`)."""
+reaching the database, "quarantine the other" moving the right file, an undo from the history. The
+screenshot in the README comes from here (`CLIPWATCH_SCREENSHOT=PATH`)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,36 @@ def test_keyboard_c_confirms_the_current_item(page):
     (decision,) = h.store.decisions()
     assert decision.decision == Decision.CONFIRMED and decision.row_id == first.id
     assert h.verdicts()[str(h.root / "shop-item-copy.jpg")].status == Status.DUPLICATE  # confirmed: unchanged
+
+
+def test_quarantine_the_other_moves_the_matched_file(page):
+    h, browser, base = page
+    original = write_image(h.root / "first.jpg", seed=5, size=(320, 240))
+    h.upsert(original)
+    h.upsert(copy_later(original, h.root / "second.jpg"))
+    rows = h.verdicts()
+    log_in(browser, base)
+    item = browser.find_element(By.ID, f"row-{rows[str(h.root / 'second.jpg')].id}")
+    item.find_element(By.XPATH, ".//button[text()='Quarantine the other']").click()
+    wait_until(lambda: not original.exists(), timeout=10, what="the original to be moved")
+    assert (h.root / "second.jpg").exists()
+    assert (Path(h.config.quarantine.dir) / "first.jpg").read_bytes() == (h.root / "second.jpg").read_bytes()
+    assert "quarantined" in browser.find_element(By.ID, "said").text
+
+
+def test_undo_from_the_history_brings_the_verdict_back(page):
+    h, browser, base = page
+    rows = seed_pairs(h)
+    copy = rows[str(h.root / "holiday (1).jpg")]
+    log_in(browser, base)
+    browser.find_element(By.CSS_SELECTOR, f"#row-{copy.id} button[data-action=dismissed]").click()
+    wait_until(lambda: h.verdicts()[str(h.root / "holiday (1).jpg")].status == Status.OK, timeout=10,
+               what="the dismissal")
+    browser.get(base + "/history")
+    (entry,) = h.store.history(None, 10)
+    browser.find_element(By.CSS_SELECTOR, f"button[data-undo='{entry.id}']").click()
+    wait_until(lambda: h.verdicts()[str(h.root / "holiday (1).jpg")].status == Status.DUPLICATE, timeout=10,
+               what="the verdict to come back")
+    assert h.store.decisions() == []
+    browser.get(base + "/")
+    assert browser.find_elements(By.ID, f"row-{copy.id}")

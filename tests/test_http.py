@@ -21,7 +21,9 @@ from typing import Any
 import bcrypt
 import pytest
 
+from clipwatch.actions import Actions
 from clipwatch.config import HTTPConfig
+from clipwatch.files import PathFilter
 from clipwatch.metrics import Metrics
 from clipwatch.store.sqlite import SQLiteStore
 from clipwatch.web import WebContext, WebServer, build_app
@@ -30,7 +32,8 @@ from clipwatch.web.thumbs import Thumbnails
 from clipwatch.web.users import set_user
 from conftest import Client, Daemon, clipwatch_command, free_port, rows_under, run_cli, wait_until, write_image
 
-PROTECTED = [("GET", "/"), ("POST", "/search"), ("GET", "/thumb/1"), ("GET", "/file/1"), ("POST", "/api/decide")]
+PROTECTED = [("GET", "/"), ("POST", "/search"), ("GET", "/thumb/1"), ("GET", "/file/1"), ("POST", "/api/decide"),
+             ("GET", "/history"), ("POST", "/api/quarantine"), ("POST", "/api/release"), ("POST", "/api/undo")]
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -43,7 +46,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Client]]:
     servers: list[WebServer] = []
     store = SQLiteStore(str(tmp_path / "store.sqlite3"), "images", "test")
     store.init_schema(512)
-    desk = Desk(store, threading.Lock(), Thumbnails(tmp_path / "thumbs", [str(tmp_path / "watched")], 10**8, 10**8))
+    roots = [str(tmp_path / "watched")]
+    desk = Desk(store, threading.Lock(), Thumbnails(tmp_path / "thumbs", roots, "", 10**8, 10**8),
+                Actions(store, PathFilter(roots, ("jpg",), ()), str(tmp_path / "q"), lambda path: None))
 
     def start(loopback: bool = False, search: Callable[[dict[str, Any]], dict[str, Any]] = _search,
               **http: Any) -> Client:

@@ -23,7 +23,7 @@ import pytest
 from clipwatch import quarantine
 from clipwatch.changes import Change
 from clipwatch.errors import StoreError
-from clipwatch.store import FinishMove, JournalMove, Store
+from clipwatch.store import FinishMove, JournalMove, RecordAction, Store
 from clipwatch.vocab import ChangeKind
 from conftest import Daemon, Harness, all_verdicts, wait_until, write_image
 
@@ -64,8 +64,14 @@ def test_a_file_is_moved_only_after_the_transaction_holding_its_verdict_commits(
     h.upsert(copy)
     (in_place, first_ops), (moved_when_finished, second_ops) = observed
     assert in_place and JournalMove in first_ops  # the journal commits with the verdict, the file still there
-    assert not moved_when_finished and second_ops == [FinishMove]
+    recorded = [RecordAction] if action == "quarantine" else []  # the history says where it came from
+    assert not moved_when_finished and second_ops == [FinishMove, *recorded]
     assert not copy.exists() and (tmp_path / "q" / "sub" / "copy.jpg").exists()
+    if action == "quarantine":
+        (entry,) = h.store.history(None, 10)
+        assert (entry.deed, entry.path, entry.dest, entry.decided_by) == (
+            "quarantined", str(copy), str(tmp_path / "q" / "sub" / "copy.jpg"), "clipwatch")
+        assert entry.row_id == h.verdicts()[str(tmp_path / "q" / "sub" / "copy.jpg")].id
 
 
 @pytest.mark.parametrize("action", ["quarantine", "reject"])

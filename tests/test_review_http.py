@@ -140,3 +140,78 @@ def test_a_decision_from_the_page_lands_in_the_database_with_who_took_it(served)
     status, _, body = client.request("POST", "/api/decide", b'{"ids": [424242], "decision": "confirmed"}', auth=ANA)
     assert status == 404 and b"424242" in body
     assert client.request("POST", "/api/decide", b'{"ids": "x"}', auth=ANA)[0] == 400
+
+
+def post(client: Client, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    status, _, answer = client.request("POST", path, json.dumps(body).encode(), auth=ANA)
+    return status, json.loads(answer)
+
+
+def test_quarantine_either_file_of_a_pair_then_release_it_judged_again_and_undo(served, tmp_path: Path):
+    h, client = served
+    q = Path(h.config.quarantine.dir)
+    original = write_image(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    copy = h.root / "sub" / "b.jpg"
+    copy.parent.mkdir()
+    h.upsert(copy_later(original, copy))
+    rows = h.verdicts()
+    a, b = rows[str(original)], rows[str(copy)]
+    status, said = post(client, "/api/quarantine", {"id": b.id})
+    assert status == 200 and "quarantined" in str(said)
+    assert not copy.exists() and (q / "sub" / "b.jpg").read_bytes() == original.read_bytes()
+    moved = h.verdicts()[str(q / "sub" / "b.jpg")]
+    assert (moved.id, moved.status, moved.match_id) == (b.id, Status.DUPLICATE, a.id)  # the row followed, verdict kept
+    status, said = post(client, "/api/release", {"id": b.id})
+    assert status == 200 and copy.exists() and not (q / "sub" / "b.jpg").exists()
+    back = h.verdicts()[str(copy)]
+    assert (back.id, back.status) == (b.id, Status.OK)
+    h.feed()  # the release queued the file to be judged again: the dismissed match does not flag it
+    assert h.metrics.registry.get_sample_value("clipwatch_files_processed_total", {"result": "rejudged"}) == 1
+    assert h.verdicts()[str(copy)].status == Status.OK
+    entries = h.store.history(None, 10)
+    assert [e.deed for e in entries] == ["released", "dismissed", "quarantined"]
+    status, _ = post(client, "/api/undo", {"id": entries[0].id})  # undo the release: back into the quarantine
+    assert status == 200 and not copy.exists() and (q / "sub" / "b.jpg").exists()
+    again = h.verdicts()[str(q / "sub" / "b.jpg")]
+    assert (again.id, again.status, again.match_id) == (b.id, Status.DUPLICATE, a.id)
+    assert h.store.decisions() == []
+    status, _ = post(client, "/api/quarantine", {"id": a.id})  # "quarantine the other": the original goes
+    assert status == 200 and not original.exists() and (q / "a.jpg").exists()
+    assert h.verdicts()[str(q / "a.jpg")].id == a.id
+    assert post(client, "/api/quarantine", {"id": a.id})[0] == 409  # already there
+
+
+def test_undo_a_dismissal_puts_the_verdict_back_and_forgets_the_decision(served):
+    h, client = served
+    original = write_image(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    h.upsert(copy_later(original, h.root / "b.jpg"))
+    b = h.verdicts()[str(h.root / "b.jpg")]
+    assert post(client, "/api/decide", {"ids": [b.id], "decision": "dismissed"})[0] == 200
+    assert h.verdicts()[str(h.root / "b.jpg")].status == Status.OK
+    (entry,) = h.store.history(None, 10)
+    assert (entry.deed, entry.row_id, entry.decided_by) == ("dismissed", b.id, "ana (web)")
+    _, _, page = client.request("GET", "/history", auth=ANA)
+    assert f'data-undo="{entry.id}"'.encode() in page
+    assert post(client, "/api/undo", {"id": entry.id})[0] == 200
+    restored = h.verdicts()[str(h.root / "b.jpg")]
+    assert (restored.status, restored.match_id, restored.score) == (b.status, b.match_id, b.score)
+    assert h.store.decisions() == []
+    assert post(client, "/api/undo", {"id": 999999})[0] == 409
+    _, _, page = client.request("GET", "/history", auth=ANA)
+    assert f'data-undo="{entry.id}"'.encode() not in page  # shown as undone
+
+
+def test_a_release_never_replaces_a_file_that_took_the_name(served):
+    h, client = served
+    q = Path(h.config.quarantine.dir)
+    original = write_image(h.root / "a.jpg", seed=1)
+    h.upsert(original)
+    h.upsert(copy_later(original, h.root / "b.jpg"))
+    b = h.verdicts()[str(h.root / "b.jpg")]
+    assert post(client, "/api/quarantine", {"id": b.id})[0] == 200
+    newcomer = write_image(h.root / "b.jpg", seed=9)
+    status, said = post(client, "/api/release", {"id": b.id})
+    assert status == 409 and "holds another file" in str(said)
+    assert (q / "b.jpg").exists() and newcomer.read_bytes() != (q / "b.jpg").read_bytes()

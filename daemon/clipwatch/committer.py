@@ -36,8 +36,8 @@ from .logs import get_logger
 from .metrics import Metrics
 from .planner import Entry, Failure, Plan
 from .retry import Retrier
-from .store import Applied, Delete, JournalMove, Op, PendingMove, Rename, Store, Upsert
-from .vocab import MOVABLE_REASONS, Action, Reason, Result, Stage, Status
+from .store import ActionRecord, Applied, Delete, JournalMove, Op, PendingMove, RecordAction, Rename, Store, Upsert
+from .vocab import MOVABLE_REASONS, Action, Deed, Reason, Result, Stage, Status
 
 log = get_logger(__name__)
 
@@ -152,6 +152,9 @@ class Committer:
                 log.error("quarantine_failed", path=p.entry.path, error=why, action="flag instead")
                 self.metrics.error(Stage.MOVE, Reason.MOVE_FAILED)
             after += quarantine.settle(pending, outcome, replace(p.row, path=p.entry.path))
+            if p.action == Action.QUARANTINE and outcome == quarantine.Outcome.MOVED:  # the history says whence
+                after.append(RecordAction(ActionRecord(Deed.QUARANTINED, applied.ids.get(p.row.path), p.entry.path,
+                                                       "clipwatch", p.row.path)))
         if after:
             done = self.retry(lambda: self.store.apply(after), stop)  # None: replayed from the journal at start
             if done is not None:

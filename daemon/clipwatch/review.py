@@ -18,8 +18,8 @@ from typing import TextIO
 
 from .decisions import Decisions
 from .errors import ClipwatchError
-from .store import DecisionRecord, FlaggedRow, Op, RecordDecision, SetVerdict, Store
-from .vocab import Decision, Status
+from .store import ActionRecord, DecisionRecord, FlaggedRow, Op, RecordAction, RecordDecision, SetVerdict, Store
+from .vocab import Decision, Deed, Status
 
 
 def default_decider() -> str:
@@ -52,12 +52,14 @@ def print_verdicts(rows: Iterable[FlaggedRow], out: TextIO, as_json: bool, limit
     return shown
 
 
-def decide(store: Store, ids: Sequence[int], decision: Decision, by: str) -> list[str]:
+def decide(store: Store, ids: Sequence[int], decision: Decision, by: str,
+           recorded: list[int] | None = None) -> list[str]:
     """Record `decision` about each row's verdict, in one transaction. A dismissal clears the verdict of
     every row flagged for the same pair; among those, byte-identical files stay copies of one another (a
     dismissal says "these bytes are not a copy of those", not that twins are not twins): each points at
     the oldest row with its bytes. Returns a line per row saying what changed. Raises
-    ClipwatchError, changing nothing, if an id is unknown or not flagged."""
+    ClipwatchError, changing nothing, if an id is unknown or not flagged. `recorded` receives the ids of the
+    history entries written (one per row)."""
     wanted = list(dict.fromkeys(ids))
     rows = store.rows_by_id(wanted)
     _check(wanted, rows)
@@ -70,12 +72,25 @@ def decide(store: Store, ids: Sequence[int], decision: Decision, by: str) -> lis
         if decision == Decision.DISMISSED:
             cleared[row.id] = sorted(set(store.flagged_with(row.status, row.sha256, other)) | {row.id})
     verdicts: dict[int, SetVerdict] = {}
+    before: dict[int, FlaggedRow] = {}
     if cleared:
         known = Decisions([*store.decisions(), *(op.decision for op in ops if isinstance(op, RecordDecision))])
-        verdicts = _after_dismissal(store, sorted({i for c in cleared.values() for i in c}), known)
+        every = sorted({i for c in cleared.values() for i in c})
+        verdicts, before = _after_dismissal(store, every, known), store.rows_by_id(every)
     ops += verdicts.values()
-    store.apply(ops)
+    deed = Deed.DISMISSED if decision == Decision.DISMISSED else Deed.CONFIRMED
+    ops += [RecordAction(ActionRecord(deed, i, rows[i].path, by, restore=_restore([before[c] for c in cleared[i]])
+                                      if i in cleared else None)) for i in wanted]
+    applied = store.apply(ops)
+    if recorded is not None:
+        recorded += applied.actions
     return [_said(rows[i], decision, cleared.get(i, []), verdicts) for i in wanted]
+
+
+def _restore(rows: Sequence[FlaggedRow]) -> str:
+    """What undoing a dismissal puts back: the verdicts it cleared, each with the bytes it was about."""
+    return json.dumps([{"id": r.id, "sha256": r.sha256, "status": r.status, "match_id": r.match_id,
+                        "score": r.score, "label": r.label} for r in rows])
 
 
 def _after_dismissal(store: Store, cleared: list[int], decisions: Decisions) -> dict[int, SetVerdict]:

@@ -19,6 +19,8 @@ from types import FrameType
 from typing import Any
 
 from . import quarantine
+from .actions import Actions
+from .changes import Change
 from .config import Config, metrics_address
 from .decisions import Decisions
 from .embedder import Embedder
@@ -36,7 +38,7 @@ from .scanner import ScanCounts, reconcile, repair_verdicts
 from .search import query_vector, search_top
 from .store import Store, open_store
 from .sync import IndexSync, load_index
-from .vocab import Source
+from .vocab import ChangeKind, Source
 from .watcher import Watcher
 from .web import WebServer, serve
 from .web.review import Desk
@@ -127,8 +129,9 @@ class Service:
         if address and watching:
             self._api_store = open_store(self.config)
             desk = Desk(self._api_store, self._api_lock, Thumbnails(
-                self.config.data_dir / "thumbnails", [*self.config.watch.paths, self.config.quarantine.dir],
-                self.config.model.max_image_pixels, self.config.watch.max_file_bytes))
+                self.config.data_dir / "thumbnails", self.config.watch.paths, self.config.quarantine.dir,
+                self.config.model.max_image_pixels, self.config.watch.max_file_bytes, self.config.store.instance),
+                Actions(self._api_store, self.paths, self.config.quarantine.dir, self._rejudge))
             self._http = serve(self.config.http, *address, self.metrics, self.answer_search, self.health, desk)
 
     def _warn_foreign_rows(self) -> None:
@@ -252,6 +255,13 @@ class Service:
         return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems,
                               "worker_tick_age_s": round(tick_age, 1), "queue_depth": self.intake.queue.qsize(),
                               "index_size": len(self.index) if self.index else 0}
+
+    def _rejudge(self, path: str) -> None:
+        """A file released on the review page: the worker judges it again, without the dismissed match (the
+        decisions are re-read first: the index sync would see the dismissal only at its next round)."""
+        if self._api_store is not None:
+            self.decisions.refresh(self._api_store)  # called by the Desk, which holds the lock on this store
+        self.intake.put(Change(ChangeKind.REJUDGE, path, source=Source.REVIEW))
 
     # --- search, for `clipwatch search` through the HTTP endpoint ------------------------------------
 

@@ -50,6 +50,7 @@ class Source(StrEnum):
     SCAN = "scan"
     RESCAN = "rescan"
     REPAIR = "repair"  # a verdict whose matched row is gone
+    REVIEW = "review"  # a file released from the quarantine on the review page, to be judged again
 
 
 class Result(StrEnum):
@@ -99,6 +100,16 @@ class Reason(StrEnum):
     UNEXPECTED = "unexpected"
     INOTIFY_LIMIT = "inotify_limit"
     ROOT_MISSING = "root_missing"
+
+
+class Deed(StrEnum):
+    """What a person (or the daemon, for its own quarantines) did to a verdict: the history of actions."""
+
+    DISMISSED = "dismissed"
+    CONFIRMED = "confirmed"
+    QUARANTINED = "quarantined"
+    RELEASED = "released"
+    UNDONE = "undone"
 
 
 class Refusal(StrEnum):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import Config
 from .base import PAGE, Store
 from .records import (
+    ActionRecord,
     Applied,
     ChangePage,
     DecisionRecord,
@@ -12,9 +13,11 @@ from .records import (
     DeleteTree,
     FinishMove,
     FlaggedRow,
+    ForgetDecision,
     JournalMove,
     Op,
     PendingMove,
+    RecordAction,
     RecordDecision,
     Rename,
     ReviewItem,
@@ -41,6 +44,7 @@ def open_store(config: Config) -> Store:
                       config.store.connect_timeout_s)
 
 
-__all__ = ["PAGE", "Applied", "ChangePage", "DecisionRecord", "Delete", "DeleteTree", "FinishMove", "FlaggedRow",
-           "JournalMove", "Op", "PendingMove", "RecordDecision", "Rename", "ReviewItem", "ReviewQuery", "SameBytes",
-           "SetVerdict", "Store", "StoreStatus", "StoredFile", "Touch", "Upsert", "open_store"]
+__all__ = ["PAGE", "ActionRecord", "Applied", "ChangePage", "DecisionRecord", "Delete", "DeleteTree", "FinishMove",
+           "FlaggedRow", "ForgetDecision", "JournalMove", "Op", "PendingMove", "RecordAction", "RecordDecision",
+           "Rename", "ReviewItem", "ReviewQuery", "SameBytes", "SetVerdict", "Store", "StoreStatus", "StoredFile",
+           "Touch", "Upsert", "open_store"]

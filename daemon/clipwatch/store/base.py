@@ -20,6 +20,7 @@ from ..config import IDENTIFIER
 from ..errors import SchemaMismatch, StoreError
 from ..vocab import Status
 from .records import (
+    ActionRecord,
     Applied,
     ChangePage,
     DecisionRecord,
@@ -182,6 +183,17 @@ class Store(ABC):
     @abstractmethod
     def decisions_version(self) -> tuple[int, int]:
         """(count, largest id) of the decisions table: cheap to ask whether there is anything new."""
+
+    @abstractmethod
+    def history(self, before: int | None, limit: int) -> list[ActionRecord]:
+        """The history of actions, newest first; `before`: the id of the last entry of the previous page."""
+
+    @abstractmethod
+    def actions_by_id(self, ids: Sequence[int]) -> dict[int, ActionRecord]: ...
+
+    @abstractmethod
+    def last_quarantine(self, row_id: int) -> ActionRecord | None:
+        """The newest quarantine of this row (where its file came from), if one was recorded."""
 
     @abstractmethod
     def pending_moves(self) -> list[PendingMove]:

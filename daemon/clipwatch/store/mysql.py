@@ -49,6 +49,19 @@ AUX_TABLES = {
         sha256 CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
         created_at DATETIME(6) NOT NULL,
         KEY instance (instance)""",
+    "actions": """
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        instance VARCHAR(255) NOT NULL,
+        deed VARCHAR(16) CHARACTER SET ascii NOT NULL,
+        row_id BIGINT UNSIGNED NULL,
+        path VARCHAR(4096) NOT NULL,
+        dest VARCHAR(4096) NULL,
+        restore MEDIUMTEXT NULL,
+        undoes BIGINT UNSIGNED NULL,
+        decided_by VARCHAR(255) NOT NULL,
+        decided_at DATETIME(6) NOT NULL,
+        KEY row_id (row_id),
+        KEY undoes (undoes)""",
 }
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import numpy as np
 
-from ..vocab import Action, Decision, Status
+from ..vocab import Action, Decision, Deed, Status
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,44 @@ class SetVerdict:
     status: Status = Status.OK
     match_id: int | None = None
     score: float | None = None
+    label: str | None = None
 
 
-Op = Upsert | Touch | Rename | Delete | DeleteTree | JournalMove | FinishMove | RecordDecision | SetVerdict
+@dataclass(frozen=True)
+class ActionRecord:
+    """One entry of the history: what was done to a row's verdict or file, by whom, and how to undo it.
+    `dest`: where a quarantine or a release moved the file. `restore`: JSON of the verdicts a dismissal
+    cleared (what an undo puts back). `undoes`: the entry an undo took back."""
+
+    deed: Deed
+    row_id: int | None
+    path: str
+    decided_by: str
+    dest: str | None = None
+    restore: str | None = None
+    undoes: int | None = None
+    id: int = 0
+    instance: str = ""
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RecordAction:
+    """Add to the history; a row id left None is the id of the row upserted at `dest` in this batch."""
+
+    action: ActionRecord
+
+
+@dataclass(frozen=True)
+class ForgetDecision:
+    """Undo: remove the newest decision `decision` recorded about row `row_id`."""
+
+    row_id: int
+    decision: Decision
+
+
+Op = (Upsert | Touch | Rename | Delete | DeleteTree | JournalMove | FinishMove | RecordDecision | SetVerdict
+      | RecordAction | ForgetDecision)
 
 
 @dataclass(frozen=True)
@@ -193,6 +228,7 @@ class Applied:
     ids: dict[str, int] = field(default_factory=dict)
     deleted: list[int] = field(default_factory=list)
     moves: dict[str, int] = field(default_factory=dict)  # dest -> journal id
+    actions: list[int] = field(default_factory=list)  # ids of the history entries added
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from ..vocab import Action, Decision, Status
+from ..vocab import Action, Decision, Deed, Status
 from .base import PAGE
 from .records import (
+    ActionRecord,
     ChangePage,
     DecisionRecord,
     FlaggedRow,
@@ -30,6 +31,7 @@ from .sqlbase import DECISION_COLUMNS, SQLBase, _prefix_range, _vectors
 FILE_COLUMNS = "id, path, sha256, size, mtime, model, status, instance, match_id"  # a StoredFile, in order
 FLAGGED = ("SELECT a.id, a.instance, a.path, a.sha256, a.status, a.match_id, b.path, b.sha256, a.score, a.label, "
            "a.updated_at FROM {t} a LEFT JOIN {t} b ON b.id = a.match_id")
+ACTION_COLUMNS = "id, instance, deed, row_id, path, dest, restore, undoes, decided_by, decided_at"
 REVIEW = FLAGGED.replace(" FROM", ", a.size, a.mtime, b.size, b.mtime, b.instance FROM", 1)
 
 
@@ -215,6 +217,26 @@ class SQLStore(SQLBase):
     def decisions_version(self) -> tuple[int, int]:
         count, largest = self._fetch(f"SELECT COUNT(*), MAX(id) FROM {self.decisions_table}")[0]
         return int(count), int(largest or 0)
+
+    def history(self, before: int | None, limit: int) -> list[ActionRecord]:
+        after = f"WHERE id < {self.PARAM} " if before is not None else ""
+        rows = self._fetch(f"SELECT {ACTION_COLUMNS} FROM {self.actions_table} {after}ORDER BY id DESC "
+                           f"LIMIT {int(limit)}", [before] if before is not None else [])
+        return [self._action(r) for r in rows]
+
+    def actions_by_id(self, ids: Sequence[int]) -> dict[int, ActionRecord]:
+        rows = self._by_chunks(f"SELECT {ACTION_COLUMNS} FROM {self.actions_table} WHERE id IN ({{marks}})", ids)
+        return {int(r[0]): self._action(r) for r in rows}
+
+    def last_quarantine(self, row_id: int) -> ActionRecord | None:
+        rows = self._fetch(f"SELECT {ACTION_COLUMNS} FROM {self.actions_table} WHERE row_id = {self.PARAM} AND "
+                           f"deed = {self.PARAM} ORDER BY id DESC LIMIT 1", [row_id, Deed.QUARANTINED])
+        return self._action(rows[0]) if rows else None
+
+    def _action(self, r: tuple[Any, ...]) -> ActionRecord:
+        return ActionRecord(id=int(r[0]), instance=r[1], deed=Deed(r[2]), row_id=None if r[3] is None else int(r[3]),
+                            path=r[4], dest=r[5], restore=r[6], undoes=None if r[7] is None else int(r[7]),
+                            decided_by=r[8], decided_at=self._parse_time(r[9]))
 
     def pending_moves(self) -> list[PendingMove]:
         rows = self._fetch(f"SELECT id, src, dest, action, sha256 FROM {self.moves_table} "

@@ -24,8 +24,10 @@ from .records import (
     Delete,
     DeleteTree,
     FinishMove,
+    ForgetDecision,
     JournalMove,
     Op,
+    RecordAction,
     RecordDecision,
     Rename,
     SetVerdict,
@@ -55,6 +57,7 @@ class SQLBase(Store):
         self.deleted_table = self.quote(table + "_deleted")
         self.decisions_table = self.quote(table + "_decisions")
         self.moves_table = self.quote(table + "_moves")
+        self.actions_table = self.quote(table + "_actions")
 
     @abstractmethod
     def quote(self, name: str) -> str: ...
@@ -204,8 +207,21 @@ class SQLBase(Store):
                             f"VALUES ({self._marks(len(DECISION_COLUMNS))}, {self.NOW})",
                             tuple(getattr(d, c) for c in DECISION_COLUMNS))
             elif isinstance(o, SetVerdict):
-                cur.execute(f"UPDATE {self.t} SET status = {p}, match_id = {p}, score = {p}, label = NULL, "
-                            f"updated_at = {self.NOW} WHERE id = {p}", (o.status, o.match_id, o.score, o.row_id))
+                cur.execute(f"UPDATE {self.t} SET status = {p}, match_id = {p}, score = {p}, label = {p}, "
+                            f"updated_at = {self.NOW} WHERE id = {p}",
+                            (o.status, o.match_id, o.score, o.label, o.row_id))
+            elif isinstance(o, RecordAction):
+                a = o.action
+                row_id = a.row_id if a.row_id is not None else applied.ids.get(a.dest or "")
+                cur.execute(f"INSERT INTO {self.actions_table} (instance, deed, row_id, path, dest, restore, undoes, "
+                            f"decided_by, decided_at) VALUES ({self._marks(8)}, {self.NOW})",
+                            (self.instance, a.deed, row_id, a.path, a.dest, a.restore, a.undoes, a.decided_by))
+                applied.actions.append(int(cur.lastrowid))
+            elif isinstance(o, ForgetDecision):
+                cur.execute(f"SELECT MAX(id) FROM {self.decisions_table} WHERE row_id = {p} AND decision = {p}",
+                            (o.row_id, o.decision))
+                newest = cur.fetchone()[0]
+                cur.execute(f"DELETE FROM {self.decisions_table} WHERE id = {p}", (newest,))
             else:
                 raise TypeError(f"not a store operation: {o!r}")
 

@@ -20,8 +20,11 @@ AUX_TABLES = {
         path TEXT NOT NULL, match_path TEXT, decided_at TEXT NOT NULL""",
     "moves": """id INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL, src TEXT NOT NULL,
         dest TEXT NOT NULL, action TEXT NOT NULL, sha256 TEXT NOT NULL, created_at TEXT NOT NULL""",
+    "actions": """id INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL, deed TEXT NOT NULL, row_id INTEGER,
+        path TEXT NOT NULL, dest TEXT, restore TEXT, undoes INTEGER, decided_by TEXT NOT NULL,
+        decided_at TEXT NOT NULL""",
 }
-AUX_INDEXES = {"deleted": "deleted_at", "decisions": "sha256", "moves": "instance"}
+AUX_INDEXES = {"deleted": "deleted_at", "decisions": "sha256", "moves": "instance", "actions": "row_id"}
 
 
 class SQLiteStore(SQLStore):

@@ -35,8 +35,7 @@ from ..metrics import Metrics
 from .access import Access
 from .api import HealthHandler, ModelGate, SearchHandler
 from .api import routes_for as api_routes
-from .review import Desk
-from .review import routes_for as review_routes
+from .review import Desk, ReviewPages
 from .users import Users
 
 SESSION_MAX_AGE_S = 12 * 3600
@@ -103,7 +102,7 @@ def build_app(ctx: WebContext) -> Starlette:
 def _review(desk: Desk | None, templates: Jinja2Templates) -> list[Route]:
     if desk is None:
         return []
-    handlers = review_routes(desk, templates)
+    handlers = ReviewPages(desk, templates).routes()
     return [Route(path, handler, methods=["POST"] if path.startswith("/api/") else ["GET"])
             for path, handler in handlers.items()]
 

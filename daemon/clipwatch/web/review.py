@@ -4,6 +4,9 @@
     GET  /thumb/{id}       a row's thumbnail (only files under a root or the quarantine; else 404)
     GET  /file/{id}        a row's file, the same way
     POST /api/decide       {"ids": [...], "decision": "dismissed" | "confirmed"} -> {"said": [...]}
+    POST /api/quarantine   {"id": N}: move row N's file into the quarantine (actions.py)
+    POST /api/release      {"id": N}: move it back, dismiss its verdict, judge it again
+    GET  /history          every action, newest first, each with an undo; POST /api/undo {"id": entry}
 
 The HTTP threads share one store connection of their own (`Desk`), one request at a time; a store that
 cannot be reached answers 503 and is reconnected at the next request.
@@ -24,10 +27,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.templating import Jinja2Templates
 
+from ..actions import Actions
 from ..errors import ClipwatchError, StoreError
 from ..logs import get_logger
 from ..review import decide
-from ..store import ReviewItem, ReviewQuery, Store
+from ..store import ActionRecord, ReviewItem, ReviewQuery, Store
 from ..vocab import Decision, Status
 from .thumbs import Thumbnails
 
@@ -39,8 +43,8 @@ T = TypeVar("T")
 class Desk:
     """What the review pages do with the store and the files."""
 
-    def __init__(self, store: Store, lock: threading.Lock, thumbnails: Thumbnails) -> None:
-        self.store, self.lock, self.thumbnails = store, lock, thumbnails
+    def __init__(self, store: Store, lock: threading.Lock, thumbnails: Thumbnails, actions: Actions) -> None:
+        self.store, self.lock, self.thumbnails, self.actions = store, lock, thumbnails, actions
 
     def with_store(self, work: Callable[[Store], T]) -> T:
         with self.lock:
@@ -60,6 +64,13 @@ class Desk:
     def decide(self, ids: Sequence[int], decision: Decision, by: str) -> list[str]:
         return self.with_store(lambda s: decide(s, ids, decision, by))
 
+    def act(self, deed: str, target: int, by: str) -> str:
+        work = {"quarantine": self.actions.quarantine, "release": self.actions.release, "undo": self.actions.undo}
+        return self.with_store(lambda _: work[deed](target, by))
+
+    def history(self, before: int | None) -> list[ActionRecord]:
+        return self.with_store(lambda s: s.history(before, PAGE_SIZE))
+
 
 @dataclass(frozen=True)
 class Side:
@@ -74,40 +85,51 @@ class Side:
     dimensions: tuple[int, int] | None
 
 
-def routes_for(desk: Desk, templates: Jinja2Templates) -> dict[str, Callable[[Request], Any]]:
-    async def queue_page(request: Request) -> Response:
+class ReviewPages:
+    """The handlers of the review pages; `routes()` maps each path to one."""
+
+    def __init__(self, desk: Desk, templates: Jinja2Templates) -> None:
+        self.desk, self.templates = desk, templates
+
+    def routes(self) -> dict[str, Callable[[Request], Any]]:
+        act = self.act_endpoint
+        return {"/": self.queue_page, "/thumb/{id:int}": self.thumb, "/file/{id:int}": self.file,
+                "/history": self.history_page, "/api/decide": self.decide_endpoint, "/api/quarantine": act,
+                "/api/release": act, "/api/undo": act}
+
+    async def queue_page(self, request: Request) -> Response:
         try:
             query = parse_query(request.query_params)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
-            items = await run_in_threadpool(desk.queue, query)
+            items = await run_in_threadpool(self.desk.queue, query)
         except StoreError as exc:
-            return templates.TemplateResponse(request, "error.html", {"message": f"the store cannot be reached: {exc}"},
-                                              status_code=503)
-        pairs = await run_in_threadpool(lambda: [_pair(item, desk.thumbnails) for item in items])
+            return self.templates.TemplateResponse(
+                request, "error.html", {"message": f"the store cannot be reached: {exc}"}, status_code=503)
+        pairs = await run_in_threadpool(lambda: [_pair(item, self.desk.thumbnails) for item in items])
         after = items[-1].row if len(items) == PAGE_SIZE else None
         params = {k: v for k, v in request.query_params.items() if k != "before" and v}
-        return templates.TemplateResponse(request, "review.html", {
+        return self.templates.TemplateResponse(request, "review.html", {
             "user": request.scope.get("user", ""), "pairs": pairs, "filters": params,
             "next": {**params, "before": f"{after.updated_at.isoformat()}|{after.id}"} if after else None,
             "first_page": query.before is None})
 
-    async def thumb(request: Request) -> Response:
-        found = await run_in_threadpool(desk.path_and_sha, int(request.path_params["id"]))
-        data = await run_in_threadpool(desk.thumbnails.get, *found) if found else None
+    async def thumb(self, request: Request) -> Response:
+        found = await run_in_threadpool(self.desk.path_and_sha, int(request.path_params["id"]))
+        data = await run_in_threadpool(self.desk.thumbnails.get, *found) if found else None
         if data is None:
             return Response("no such image here", status_code=404, media_type="text/plain")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    async def file(request: Request) -> Response:
-        found = await run_in_threadpool(desk.path_and_sha, int(request.path_params["id"]))
-        if found is None or not desk.thumbnails.servable(found[0]):
+    async def file(self, request: Request) -> Response:
+        found = await run_in_threadpool(self.desk.path_and_sha, int(request.path_params["id"]))
+        if found is None or not self.desk.thumbnails.servable(found[0]):
             return Response("no such image here", status_code=404, media_type="text/plain")
         return FileResponse(os.path.realpath(found[0]), headers={"Cache-Control": "private, no-cache",
                                                                   "Content-Disposition": "inline"})
 
-    async def decide_endpoint(request: Request) -> Response:
+    async def decide_endpoint(self, request: Request) -> Response:
         try:
             body = json.loads(await request.body())
             ids = [int(i) for i in body["ids"]]
@@ -117,7 +139,7 @@ def routes_for(desk: Desk, templates: Jinja2Templates) -> dict[str, Callable[[Re
                                 status_code=400)
         by = request.scope.get("user") or "local"
         try:
-            said = await run_in_threadpool(desk.decide, ids, decision, f"{by} (web)")
+            said = await run_in_threadpool(self.desk.decide, ids, decision, f"{by} (web)")
         except StoreError as exc:
             return JSONResponse({"error": f"the store cannot be reached: {exc}"}, status_code=503)
         except ClipwatchError as exc:
@@ -125,7 +147,32 @@ def routes_for(desk: Desk, templates: Jinja2Templates) -> dict[str, Callable[[Re
         log.info("decided", by=by, decision=decision, ids=ids)
         return JSONResponse({"said": said})
 
-    return {"/": queue_page, "/thumb/{id:int}": thumb, "/file/{id:int}": file, "/api/decide": decide_endpoint}
+    async def act_endpoint(self, request: Request) -> Response:
+        deed = request.url.path.rsplit("/", 1)[1]
+        try:
+            target = int(json.loads(await request.body())["id"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected {"id": N}'}, status_code=400)
+        by = request.scope.get("user") or "local"
+        try:
+            said = await run_in_threadpool(self.desk.act, deed, target, f"{by} (web)")
+        except StoreError as exc:
+            return JSONResponse({"error": f"the store cannot be reached: {exc}"}, status_code=503)
+        except (ClipwatchError, OSError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        log.info("review_action", by=by, deed=deed, target=target)
+        return JSONResponse({"said": [said]})
+
+    async def history_page(self, request: Request) -> Response:
+        before = request.query_params.get("before")
+        try:
+            entries = await run_in_threadpool(self.desk.history, int(before) if before else None)
+        except ValueError:
+            return JSONResponse({"error": "before: expected a history entry id"}, status_code=400)
+        undone = {e.undoes for e in entries if e.undoes}
+        return self.templates.TemplateResponse(request, "history.html", {
+            "user": request.scope.get("user", ""), "entries": entries, "undone": undone,
+            "next": entries[-1].id if len(entries) == PAGE_SIZE else None})
 
 
 def parse_query(params: Any) -> ReviewQuery:
@@ -158,7 +205,10 @@ def _pair(item: ReviewItem, thumbnails: Thumbnails) -> dict[str, Any]:
     match = None
     if r.match_id is not None and r.match_path is not None:
         match = _side(r.match_id, r.match_path, item.match_size, item.match_mtime, item.match_instance, thumbnails)
-    return {"row": r, "upload": upload, "match": match, "flagged_at": _when(r.updated_at.replace(tzinfo=UTC))}
+    return {"row": r, "upload": upload, "match": match, "flagged_at": _when(r.updated_at.replace(tzinfo=UTC)),
+            "ours": r.instance == thumbnails.instance, "quarantined": not thumbnails.under_root(r.path),
+            "match_movable": match is not None and match.present and item.match_instance == thumbnails.instance
+            and thumbnails.under_root(match.path)}
 
 
 def _side(row_id: int, path: str, size: int | None, mtime: float | None, instance: str | None,

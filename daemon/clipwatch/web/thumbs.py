@@ -27,17 +27,21 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Thumbnails:
-    def __init__(self, cache_dir: Path, allowed: Sequence[str], max_pixels: int, max_bytes: int) -> None:
-        self.cache_dir, self.max_pixels, self.max_bytes = cache_dir, max_pixels, max_bytes
-        self.allowed = tuple(os.path.realpath(a) for a in allowed if a)
+    def __init__(self, cache_dir: Path, roots: Sequence[str], quarantine_dir: str, max_pixels: int, max_bytes: int,
+                 instance: str = "") -> None:
+        self.cache_dir, self.max_pixels, self.max_bytes, self.instance = cache_dir, max_pixels, max_bytes, instance
+        self.roots = tuple(os.path.realpath(a) for a in roots)
+        self.allowed = (*self.roots, *([os.path.realpath(quarantine_dir)] if quarantine_dir else []))
         self._written = 0
         self._lock = threading.Lock()
 
     def servable(self, path: str) -> bool:
         """An existing regular file under a root or the quarantine, links resolved."""
         real = os.path.realpath(path)
-        inside = any(real == a or real.startswith(a.rstrip(os.sep) + os.sep) for a in self.allowed)
-        return inside and os.path.isfile(real)
+        return _inside(real, self.allowed) and os.path.isfile(real)
+
+    def under_root(self, path: str) -> bool:
+        return _inside(os.path.realpath(path), self.roots)
 
     def get(self, path: str, sha256: str) -> bytes | None:
         """A JPEG thumbnail of the file, or None when it cannot be served (gone, outside, not an image)."""
@@ -93,3 +97,7 @@ class Thumbnails:
         files = sorted(self.cache_dir.glob("??/*.jpg"), key=lambda p: p.stat().st_mtime if p.exists() else 0)
         for old in files[:max(0, len(files) - CACHE_MAX)]:
             old.unlink(missing_ok=True)
+
+
+def _inside(real: str, directories: Sequence[str]) -> bool:
+    return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep) for d in directories)

@@ -35,7 +35,19 @@
     return li ? [li.dataset.id] : [];
   }
 
+  async function move(deed, target, li) {
+    const response = await fetch(`/api/${deed}`, {
+      method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({id: Number(target)}),
+    });
+    const body = await response.json().catch(() => ({}));
+    said.textContent = response.ok ? (body.said || []).join(" · ") : (body.error || `failed (${response.status})`);
+    if (response.ok && li) li.remove();
+  }
+
   document.addEventListener("click", (event) => {
+    const moving = event.target.closest("button[data-move]");
+    if (moving) { move(moving.dataset.move, moving.dataset.target, moving.closest(".item")); return; }
     const button = event.target.closest("button[data-action], button[data-bulk]");
     if (!button) return;
     if (button.dataset.action) decide([button.closest(".item").dataset.id], button.dataset.action);
