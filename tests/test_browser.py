@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from selenium.webdriver.common.by import By
 
+from clipwatch.calibration import calibrate, from_decisions
 from clipwatch.vocab import Decision, Status
 from clipwatch.web.users import set_user
 from conftest import Harness, wait_until, write_image
+from test_calibration import seed
 from test_review_http import copy_later, rotated_photo
 
 pytestmark = pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
@@ -128,3 +130,20 @@ def test_undo_from_the_history_brings_the_verdict_back(page):
     assert h.store.decisions() == []
     browser.get(base + "/")
     assert browser.find_elements(By.ID, f"row-{copy.id}")
+
+
+def test_the_calibration_page_suggests_a_threshold_from_the_decisions(page):
+    h, browser, base = page
+    seed(h.store, confirmed=30, dismissed=30)
+    log_in(browser, base)
+    browser.get(base + "/calibrate")
+    section = browser.find_element(By.CSS_SELECTOR, "section[data-key='duplicates.threshold']")
+    suggested = section.find_element(By.CLASS_NAME, "suggested").text
+    expected = calibrate(from_decisions(h.store.decisions(), Status.DUPLICATE), "duplicates.threshold", 0.97,
+                         h.config.calibration.target_precision).suggested
+    assert suggested == f"duplicates.threshold = {expected}" and expected is not None
+    assert len(section.find_elements(By.CSS_SELECTOR, "svg.chart rect")) > 0
+    prohibited = browser.find_element(By.CSS_SELECTOR, "section[data-key='prohibited.image_threshold']")
+    assert "20 more confirmed and 20 more dismissed" in prohibited.find_element(By.CLASS_NAME, "needs").text
+    if os.environ.get("CLIPWATCH_SCREENSHOT"):
+        browser.save_screenshot(os.environ["CLIPWATCH_SCREENSHOT"].replace(".png", "-calibrate.png"))

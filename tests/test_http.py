@@ -22,7 +22,7 @@ import bcrypt
 import pytest
 
 from clipwatch.actions import Actions
-from clipwatch.config import HTTPConfig
+from clipwatch.config import Config, HTTPConfig
 from clipwatch.files import PathFilter
 from clipwatch.metrics import Metrics
 from clipwatch.store.sqlite import SQLiteStore
@@ -33,7 +33,8 @@ from clipwatch.web.users import set_user
 from conftest import Client, Daemon, clipwatch_command, free_port, rows_under, run_cli, wait_until, write_image
 
 PROTECTED = [("GET", "/"), ("POST", "/search"), ("GET", "/thumb/1"), ("GET", "/file/1"), ("POST", "/api/decide"),
-             ("GET", "/history"), ("POST", "/api/quarantine"), ("POST", "/api/release"), ("POST", "/api/undo")]
+             ("GET", "/history"), ("POST", "/api/quarantine"), ("POST", "/api/release"), ("POST", "/api/undo"),
+             ("GET", "/calibrate")]
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -48,7 +49,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Client]]:
     store.init_schema(512)
     roots = [str(tmp_path / "watched")]
     desk = Desk(store, threading.Lock(), Thumbnails(tmp_path / "thumbs", roots, "", 10**8, 10**8),
-                Actions(store, PathFilter(roots, ("jpg",), ()), str(tmp_path / "q"), lambda path: None))
+                Actions(store, PathFilter(roots, ("jpg",), ()), str(tmp_path / "q"), lambda path: None), Config())
 
     def start(loopback: bool = False, search: Callable[[dict[str, Any]], dict[str, Any]] = _search,
               **http: Any) -> Client:

@@ -93,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                                            "how many rows it holds by status and model.")
     db_status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _review_parsers(sub, common)
+    calibrate = sub.add_parser(
+        "calibrate", parents=[common], help="the threshold the decisions people took suggest",
+        description="From confirmed (right) and dismissed (false alarm) verdicts, and labelled pairs given with "
+                    "--pairs: precision and recall at each threshold, the histogram of similarities with the "
+                    "decisions, and the lowest threshold whose precision reaches calibration.target_precision "
+                    "(and stays there above it). Changes nothing: copy the number into the configuration.")
+    calibrate.add_argument("--for", dest="target", choices=("duplicates", "prohibited"), default="duplicates",
+                           help="duplicates.threshold (default) or prohibited.image_threshold")
+    calibrate.add_argument("--pairs", metavar="FILE.csv",
+                           help="path_a,path_b,same lines (same: 1 or 0), embedded with the configured model")
+    calibrate.add_argument("--json", action="store_true",
+                           help="JSON: decisions, positives, negatives, suggested_threshold, curve, histogram, needs")
     user = sub.add_parser("user", help="users of the review pages and search (http.users_file)",
                           description="Manage the htpasswd file named by http.users_file.")
     user_sub = user.add_subparsers(dest="user_command", required=True, metavar="SUBCOMMAND")
@@ -163,6 +175,8 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
             return commands.cmd_verdicts(config, args.status, args.json, args.limit)
         case "dismiss" | "confirm":
             return commands.cmd_decide(config, args.ids, args.decision, args.by)
+    if args.command == "calibrate":
+        return commands.cmd_calibrate(config, args.target, args.pairs, args.json)
     if args.command == "user":
         return commands.cmd_user_add(config, args.name, args.password_stdin)
     if args.db_command == "init":

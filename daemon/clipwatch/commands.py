@@ -325,3 +325,43 @@ def cmd_user_add(config: Config, name: str, from_stdin: bool) -> int:
     existed = set_user(config.http.users_file, name, password)
     print(f"{'changed the password of' if existed else 'added'} {name} in {config.http.users_file}")
     return 0
+
+
+def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool) -> int:
+    from .calibration import calibrate, from_decisions, read_pairs
+    from .store import open_store
+
+    kind = Status.DUPLICATE if target == "duplicates" else Status.PROHIBITED
+    store = open_store(config)
+    try:
+        samples = from_decisions(store.decisions(), kind, config.prohibited.prompts)
+    finally:
+        store.close()
+    if pairs:
+        from .embedder import Embedder
+        from .search import compare
+
+        embedder = Embedder.from_config(config.model)
+        embedder.load()
+        samples += read_pairs(pairs, lambda a, b: compare(_embed_file(config, embedder, a),
+                                                         _embed_file(config, embedder, b), "cosine"))
+    key, current = (("duplicates.threshold", config.duplicates.threshold) if kind == Status.DUPLICATE
+                    else ("prohibited.image_threshold", config.prohibited.image_threshold))
+    report = calibrate(samples, key, current, config.calibration.target_precision)
+    if as_json:
+        print(json.dumps(report.as_json()))
+        return 0
+    print(f"{report.positives} confirmed, {report.negatives} dismissed ({key} now {current})")
+    print(f"{'similarity':>17}  {'confirmed':>9}  {'dismissed':>9}")
+    for low, high, p, n in report.histogram:
+        print(f"{low:.4f} - {high:.4f}  {p:>9}  {n:>9}  {'#' * p}{'.' * n}")
+    print(f"{'threshold':>9}  {'precision':>9}  {'recall':>6}")
+    for point in report.curve:
+        print(f"{point.threshold:>9.4f}  {point.precision:>9.4f}  {point.recall:>6.4f}")
+    if report.suggested is None:
+        needs = report.needs
+        print(f"no suggestion yet: {needs['positives']} more confirmed and {needs['negatives']} more dismissed "
+              f"verdicts needed (at least 20 of each)")
+    else:
+        print(f"suggested: {key} = {report.suggested} (precision >= {report.target_precision} from there up)")
+    return 0

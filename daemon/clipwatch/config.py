@@ -116,6 +116,11 @@ class HTTPConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    target_precision: float = 0.99  # the suggested threshold: the lowest at which precision reaches this
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -139,6 +144,7 @@ class Config:
     errors: ErrorsConfig = field(default_factory=ErrorsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: str = ""  # the file it was read from, for messages

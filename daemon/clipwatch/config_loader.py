@@ -19,6 +19,7 @@ from typing import Any, Literal
 from .config import (
     ENV_PREFIX,
     IDENTIFIER,
+    CalibrationConfig,
     Config,
     DaemonConfig,
     DuplicatesConfig,
@@ -49,6 +50,7 @@ SECTIONS: dict[str, type] = {
     "errors": ErrorsConfig,
     "metrics": MetricsConfig,
     "http": HTTPConfig,
+    "calibration": CalibrationConfig,
     "log": LogConfig,
     "daemon": DaemonConfig,
 }
@@ -174,6 +176,9 @@ def _validate(config: Config) -> Config:
     _unit_interval("duplicates.threshold", config.duplicates.threshold)
     _unit_interval("prohibited.image_threshold", config.prohibited.image_threshold)
     _unit_interval("prohibited.text_threshold", config.prohibited.text_threshold)
+    if not 0 < config.calibration.target_precision <= 1:
+        raise ConfigError(f"calibration.target_precision: expected a number in (0, 1], got "
+                          f"{config.calibration.target_precision}")
     for key, seconds in (("index.sync_interval_s", config.index.sync_interval_s),
                          ("prohibited.refresh_interval_s", config.prohibited.refresh_interval_s),
                          ("watch.rescan_interval_s", w.rescan_interval_s)):

@@ -4,7 +4,8 @@
     GET  /healthz          open unless http.protect_metrics
     POST /search           JSON similarity search (api.py)
     GET  /login, POST /login, POST /logout
-    GET  /                 the review queue; /thumb/{id}, /file/{id}, POST /api/decide (review.py)
+    GET  /                 the review queue; /thumb/{id}, /file/{id}, /history, POST /api/... (review.py)
+    GET  /calibrate        thresholds learnt from the decisions (calibrate.py)
 
 Sessions are signed cookies (Starlette's SessionMiddleware, itsdangerous) under a key made at start:
 a restart logs everyone out, and there is no secret to configure or leak.
@@ -35,6 +36,7 @@ from ..metrics import Metrics
 from .access import Access
 from .api import HealthHandler, ModelGate, SearchHandler
 from .api import routes_for as api_routes
+from .calibrate import handler as calibrate_page
 from .review import Desk, ReviewPages
 from .users import Users
 
@@ -103,6 +105,8 @@ def _review(desk: Desk | None, templates: Jinja2Templates) -> list[Route]:
     if desk is None:
         return []
     handlers = ReviewPages(desk, templates).routes()
+    if desk.config is not None:
+        handlers["/calibrate"] = calibrate_page(desk, templates, desk.config)
     return [Route(path, handler, methods=["POST"] if path.startswith("/api/") else ["GET"])
             for path, handler in handlers.items()]
 

@@ -28,6 +28,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.templating import Jinja2Templates
 
 from ..actions import Actions
+from ..config import Config
 from ..errors import ClipwatchError, StoreError
 from ..logs import get_logger
 from ..review import decide
@@ -43,8 +44,10 @@ T = TypeVar("T")
 class Desk:
     """What the review pages do with the store and the files."""
 
-    def __init__(self, store: Store, lock: threading.Lock, thumbnails: Thumbnails, actions: Actions) -> None:
+    def __init__(self, store: Store, lock: threading.Lock, thumbnails: Thumbnails, actions: Actions,
+                 config: Config | None = None) -> None:
         self.store, self.lock, self.thumbnails, self.actions = store, lock, thumbnails, actions
+        self.config = config  # for /calibrate: the thresholds and the target precision
 
     def with_store(self, work: Callable[[Store], T]) -> T:
         with self.lock:
