@@ -198,7 +198,7 @@ def test_user_add_writes_a_bcrypt_line_readable_by_its_owner_only(tmp_path: Path
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 @pytest.mark.timeout(180)
-def test_the_daemon_serves_search_to_its_users_over_tls(daemon_env: dict[str, str], reader, tmp_path: Path):
+def test_the_daemon_serves_search_and_review_to_its_users_over_tls(daemon_env: dict[str, str], reader, tmp_path: Path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
@@ -225,8 +225,11 @@ def test_the_daemon_serves_search_to_its_users_over_tls(daemon_env: dict[str, st
         conn.request("POST", "/search", body, headers={
             "Authorization": "Basic " + base64.b64encode(b"ana:correct horse").decode()})
         answer = json.loads(conn.getresponse().read())
-        conn.close()
         assert answer["results"][0]["path"] == str(image)
+        conn.request("GET", "/", headers={"Authorization": "Basic " + base64.b64encode(b"ana:correct horse").decode()})
+        review = conn.getresponse()
+        assert review.status == 200 and b'<ol class="queue">' in review.read()  # `clipwatch run` serves the page
+        conn.close()
     finally:
         assert daemon.stop() == 0
 

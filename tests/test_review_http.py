@@ -215,3 +215,29 @@ def test_a_release_never_replaces_a_file_that_took_the_name(served):
     status, said = post(client, "/api/release", {"id": b.id})
     assert status == 409 and "holds another file" in str(said)
     assert (q / "b.jpg").exists() and newcomer.read_bytes() != (q / "b.jpg").read_bytes()
+
+
+def test_a_prohibited_upload_is_shown_beside_its_reference_image(make_harness: Callable[..., Harness],
+                                                                 tmp_path: Path):
+    refs = tmp_path / "refs"
+    (refs / "weapons").mkdir(parents=True)
+    knife = write_image(refs / "weapons" / "knife.jpg", seed=14, size=(96, 72))
+    set_user(str(tmp_path / "users"), *ANA)
+    h = make_harness(prohibited__reference_dir=str(refs), prohibited__action="flag", metrics__listen="127.0.0.1:0",
+                     http__users_file=str(tmp_path / "users"), prohibited__prompts='["a photo of a cat"]')
+    assert h.service._http is not None
+    client = Client(h.service._http.port, h.metrics)
+    upload = h.root / "upload.png"
+    Image.open(knife).resize((80, 60)).save(upload)
+    h.upsert(upload)
+    row = h.verdicts()[str(upload)]
+    assert (row.status, row.label) == ("prohibited", "weapons")
+    _, _, page = client.request("GET", "/", auth=ANA)
+    assert f'src="/reference/{row.id}"'.encode() in page and "reference “weapons”".encode() in page
+    status, headers, thumb = client.request("GET", f"/reference/{row.id}", auth=ANA)
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(thumb)) as img:
+        assert img.size == (96, 72)
+    h.upsert(write_image(h.root / "plain.jpg", seed=3))
+    plain = h.verdicts()[str(h.root / "plain.jpg")]
+    assert plain.status == "ok" and client.request("GET", f"/reference/{plain.id}", auth=ANA)[0] == 404

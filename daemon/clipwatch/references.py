@@ -49,7 +49,12 @@ class References:
         self._images = _Set((), np.zeros((0, 1), np.float32), config.prohibited.image_threshold)
         self._texts = _Set((), np.zeros((0, 1), np.float32), config.prohibited.text_threshold)
         self._signature: tuple[tuple[str, int, int], ...] | None = None
+        self._examples: dict[str, tuple[str, str]] = {}  # label -> (path, sha256) of its first image
         self._lock = threading.Lock()
+
+    def example(self, label: str) -> tuple[str, str] | None:
+        """The first reference image of `label` (path, sha256), for the review page; None for a prompt."""
+        return self._examples.get(label)
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +81,7 @@ class References:
             cache = self._read_cache()
             entries: list[list[Any]] = []  # [label, sha256, vector]; vectors of new images come in batches
             pending: list[tuple[list[Any], Prepared]] = []
+            examples: dict[str, tuple[str, str]] = {}
             for path, _, _ in files:
                 try:
                     data = read_file(str(path), self.config.watch.max_file_bytes)
@@ -86,6 +92,7 @@ class References:
                     log.warning("reference_rejected", path=str(path), reason=exc.reason, error=str(exc))
                     continue
                 entries.append([_label(Path(self.directory), path), data.sha256, vector])
+                examples.setdefault(entries[-1][0], (str(path), data.sha256))
                 if image is not None:
                     pending.append((entries[-1], image))
                 if len(pending) == self.config.model.batch_size:
@@ -96,6 +103,7 @@ class References:
             fresh = {sha: vector for _, sha, vector in entries}
             matrix = np.stack(vectors) if vectors else np.zeros((0, 1), np.float32)
             self._images = _Set(tuple(labels), matrix, self._images.threshold)
+            self._examples = examples
             self._signature = signature
             self._write_cache(fresh)
         log.info("references_loaded", images=len(labels), prompts=len(self._texts.labels), directory=self.directory)

@@ -130,8 +130,10 @@ class Service:
             self._api_store = open_store(self.config)
             desk = Desk(self._api_store, self._api_lock, Thumbnails(
                 self.config.data_dir / "thumbnails", self.config.watch.paths, self.config.quarantine.dir,
-                self.config.model.max_image_pixels, self.config.watch.max_file_bytes, self.config.store.instance),
-                Actions(self._api_store, self.paths, self.config.quarantine.dir, self._rejudge), self.config)
+                self.config.model.max_image_pixels, self.config.watch.max_file_bytes, self.config.store.instance,
+                self.config.prohibited.reference_dir),
+                Actions(self._api_store, self.paths, self.config.quarantine.dir, self._rejudge), self.config,
+                self.references)
             self._http = serve(self.config.http, *address, self.metrics, self.answer_search, self.health, desk)
 
     def _warn_foreign_rows(self) -> None:

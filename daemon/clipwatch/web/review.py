@@ -3,6 +3,7 @@
     GET  /                 the queue, newest first; ?status=&label=&min_score=&max_score=&instance=&before=
     GET  /thumb/{id}       a row's thumbnail (only files under a root or the quarantine; else 404)
     GET  /file/{id}        a row's file, the same way
+    GET  /reference/{id}   for a prohibited row: a thumbnail of the reference image its label names
     POST /api/decide       {"ids": [...], "decision": "dismissed" | "confirmed"} -> {"said": [...]}
     POST /api/quarantine   {"id": N}: move row N's file into the quarantine (actions.py)
     POST /api/release      {"id": N}: move it back, dismiss its verdict, judge it again
@@ -31,6 +32,7 @@ from ..actions import Actions
 from ..config import Config
 from ..errors import ClipwatchError, StoreError
 from ..logs import get_logger
+from ..references import References
 from ..review import decide
 from ..store import ActionRecord, ReviewItem, ReviewQuery, Store
 from ..vocab import Decision, Status
@@ -45,9 +47,10 @@ class Desk:
     """What the review pages do with the store and the files."""
 
     def __init__(self, store: Store, lock: threading.Lock, thumbnails: Thumbnails, actions: Actions,
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, references: References | None = None) -> None:
         self.store, self.lock, self.thumbnails, self.actions = store, lock, thumbnails, actions
         self.config = config  # for /calibrate: the thresholds and the target precision
+        self.references = references  # the reference image a prohibited row matched
 
     def with_store(self, work: Callable[[Store], T]) -> T:
         with self.lock:
@@ -59,6 +62,11 @@ class Desk:
 
     def queue(self, query: ReviewQuery) -> list[ReviewItem]:
         return self.with_store(lambda s: s.review_queue(query, PAGE_SIZE))
+
+    def reference_of(self, row_id: int) -> tuple[str, str] | None:
+        rows = self.with_store(lambda s: s.rows_by_id([row_id]))
+        label = rows[row_id].label if row_id in rows and rows[row_id].status == Status.PROHIBITED else None
+        return self.references.example(label) if label is not None and self.references is not None else None
 
     def path_and_sha(self, row_id: int) -> tuple[str, str] | None:
         rows = self.with_store(lambda s: s.rows_by_id([row_id]))
@@ -97,6 +105,7 @@ class ReviewPages:
     def routes(self) -> dict[str, Callable[[Request], Any]]:
         act = self.act_endpoint
         return {"/": self.queue_page, "/thumb/{id:int}": self.thumb, "/file/{id:int}": self.file,
+                "/reference/{id:int}": self.reference,
                 "/history": self.history_page, "/api/decide": self.decide_endpoint, "/api/quarantine": act,
                 "/api/release": act, "/api/undo": act}
 
@@ -111,10 +120,12 @@ class ReviewPages:
             return self.templates.TemplateResponse(
                 request, "error.html", {"message": f"the store cannot be reached: {exc}"}, status_code=503)
         pairs = await run_in_threadpool(lambda: [_pair(item, self.desk.thumbnails) for item in items])
+        references = self.desk.references
+        with_image = {i.row.label for i in items if i.row.label and references and references.example(i.row.label)}
         after = items[-1].row if len(items) == PAGE_SIZE else None
         params = {k: v for k, v in request.query_params.items() if k != "before" and v}
         return self.templates.TemplateResponse(request, "review.html", {
-            "user": request.scope.get("user", ""), "pairs": pairs, "filters": params,
+            "user": request.scope.get("user", ""), "pairs": pairs, "filters": params, "with_image": with_image,
             "next": {**params, "before": f"{after.updated_at.isoformat()}|{after.id}"} if after else None,
             "first_page": query.before is None})
 
@@ -123,6 +134,13 @@ class ReviewPages:
         data = await run_in_threadpool(self.desk.thumbnails.get, *found) if found else None
         if data is None:
             return Response("no such image here", status_code=404, media_type="text/plain")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def reference(self, request: Request) -> Response:
+        found = await run_in_threadpool(self.desk.reference_of, int(request.path_params["id"]))
+        data = await run_in_threadpool(self.desk.thumbnails.get, *found, True) if found else None
+        if data is None:
+            return Response("no reference image for this row", status_code=404, media_type="text/plain")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     async def file(self, request: Request) -> Response:

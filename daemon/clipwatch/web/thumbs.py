@@ -28,10 +28,11 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class Thumbnails:
     def __init__(self, cache_dir: Path, roots: Sequence[str], quarantine_dir: str, max_pixels: int, max_bytes: int,
-                 instance: str = "") -> None:
+                 instance: str = "", reference_dir: str = "") -> None:
         self.cache_dir, self.max_pixels, self.max_bytes, self.instance = cache_dir, max_pixels, max_bytes, instance
         self.roots = tuple(os.path.realpath(a) for a in roots)
         self.allowed = (*self.roots, *([os.path.realpath(quarantine_dir)] if quarantine_dir else []))
+        self.references = (os.path.realpath(reference_dir),) if reference_dir else ()
         self._written = 0
         self._lock = threading.Lock()
 
@@ -43,9 +44,12 @@ class Thumbnails:
     def under_root(self, path: str) -> bool:
         return _inside(os.path.realpath(path), self.roots)
 
-    def get(self, path: str, sha256: str) -> bytes | None:
-        """A JPEG thumbnail of the file, or None when it cannot be served (gone, outside, not an image)."""
-        if not SHA256.match(sha256) or not self.servable(path):
+    def get(self, path: str, sha256: str, reference: bool = False) -> bytes | None:
+        """A JPEG thumbnail of the file, or None when it cannot be served (gone, outside, not an image).
+        `reference`: a prohibited reference image, which must be under `prohibited.reference_dir` instead."""
+        real = os.path.realpath(path)
+        inside = _inside(real, self.references) if reference else _inside(real, self.allowed)
+        if not SHA256.match(sha256) or not inside or not os.path.isfile(real):
             return None
         cached = self.cache_dir / sha256[:2] / f"{sha256}.jpg"
         try:
