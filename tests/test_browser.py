@@ -41,6 +41,10 @@ def log_in(browser: Any, base: str) -> None:
     wait_until(lambda: browser.current_url.rstrip("/") == base, timeout=10, what="the queue after logging in")
 
 
+def dismiss_by_click(browser: Any, row_id: int) -> None:
+    browser.find_element(By.CSS_SELECTOR, f"#row-{row_id} button[data-action=dismissed]").click()
+
+
 def loaded_images(browser: Any) -> list[int]:
     return browser.execute_script(  # type: ignore[no-any-return]
         "return Array.from(document.querySelectorAll('.queue img')).map(i => i.complete ? i.naturalWidth : 0)")
@@ -79,7 +83,7 @@ def test_not_a_duplicate_takes_the_item_out_and_clears_the_row(page):
     rows = seed_pairs(h)
     copy = rows[str(h.root / "holiday (1).jpg")]
     log_in(browser, base)
-    browser.find_element(By.CSS_SELECTOR, f"#row-{copy.id} button[data-action=dismissed]").click()
+    dismiss_by_click(browser, copy.id)
     wait_until(lambda: not browser.find_elements(By.ID, f"row-{copy.id}"), timeout=10, what="the item to go")
     assert h.verdicts()[str(h.root / "holiday (1).jpg")].status == Status.OK
     assert [d.decided_by for d in h.store.decisions()] == ["ana (web)"]
@@ -119,7 +123,7 @@ def test_undo_from_the_history_brings_the_verdict_back(page):
     rows = seed_pairs(h)
     copy = rows[str(h.root / "holiday (1).jpg")]
     log_in(browser, base)
-    browser.find_element(By.CSS_SELECTOR, f"#row-{copy.id} button[data-action=dismissed]").click()
+    dismiss_by_click(browser, copy.id)
     wait_until(lambda: h.verdicts()[str(h.root / "holiday (1).jpg")].status == Status.OK, timeout=10,
                what="the dismissal")
     browser.get(base + "/history")

@@ -51,6 +51,15 @@ def served(make_harness: Callable[..., Harness], tmp_path: Path) -> tuple[Harnes
     return h, Client(h.service._http.port, h.metrics)
 
 
+def ingest_pair(h: Harness, seed: int = 1) -> tuple[Path, Path]:
+    """a.jpg, then b.jpg: a copy of it written later (so b is the duplicate of a)."""
+    original = write_image(h.root / "a.jpg", seed=seed)
+    h.upsert(original)
+    copy = copy_later(original, h.root / "b.jpg")
+    h.upsert(copy)
+    return original, copy
+
+
 def ids_on(page: bytes) -> list[int]:
     return [int(i) for i in re.findall(rb'<li class="item" id="row-(\d+)"', page)]
 
@@ -102,9 +111,7 @@ def test_filters_and_pages_of_the_queue(served, monkeypatch: pytest.MonkeyPatch)
 
 def test_a_vanished_file_shows_as_such_and_nothing_outside_the_roots_is_served(served, tmp_path: Path):
     h, client = served
-    original = write_image(h.root / "a.jpg", seed=1)
-    h.upsert(original)
-    h.upsert(copy_later(original, h.root / "b.jpg"))
+    original, _ = ingest_pair(h)
     rows = h.verdicts()
     original.unlink()  # the daemon has not seen it yet
     _, _, page = client.request("GET", "/", auth=ANA)
@@ -126,9 +133,7 @@ def test_a_vanished_file_shows_as_such_and_nothing_outside_the_roots_is_served(s
 
 def test_a_decision_from_the_page_lands_in_the_database_with_who_took_it(served):
     h, client = served
-    original = write_image(h.root / "a.jpg", seed=1)
-    h.upsert(original)
-    h.upsert(copy_later(original, h.root / "b.jpg"))
+    original, _ = ingest_pair(h)
     copy = h.verdicts()[str(h.root / "b.jpg")]
     asked = json.dumps({"ids": [copy.id], "decision": "dismissed"}).encode()
     status, _, body = client.request("POST", "/api/decide", asked, auth=ANA)
@@ -184,9 +189,7 @@ def test_quarantine_either_file_of_a_pair_then_release_it_judged_again_and_undo(
 
 def test_undo_a_dismissal_puts_the_verdict_back_and_forgets_the_decision(served):
     h, client = served
-    original = write_image(h.root / "a.jpg", seed=1)
-    h.upsert(original)
-    h.upsert(copy_later(original, h.root / "b.jpg"))
+    original, _ = ingest_pair(h)
     b = h.verdicts()[str(h.root / "b.jpg")]
     assert post(client, "/api/decide", {"ids": [b.id], "decision": "dismissed"})[0] == 200
     assert h.verdicts()[str(h.root / "b.jpg")].status == Status.OK
@@ -206,9 +209,7 @@ def test_undo_a_dismissal_puts_the_verdict_back_and_forgets_the_decision(served)
 def test_a_release_never_replaces_a_file_that_took_the_name(served):
     h, client = served
     q = Path(h.config.quarantine.dir)
-    original = write_image(h.root / "a.jpg", seed=1)
-    h.upsert(original)
-    h.upsert(copy_later(original, h.root / "b.jpg"))
+    original, _ = ingest_pair(h)
     b = h.verdicts()[str(h.root / "b.jpg")]
     assert post(client, "/api/quarantine", {"id": b.id})[0] == 200
     newcomer = write_image(h.root / "b.jpg", seed=9)
