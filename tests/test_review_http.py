@@ -219,7 +219,7 @@ def test_a_release_never_replaces_a_file_that_took_the_name(served):
 
 
 def test_a_prohibited_upload_is_shown_beside_its_reference_image(make_harness: Callable[..., Harness],
-                                                                 tmp_path: Path):
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     refs = tmp_path / "refs"
     (refs / "weapons").mkdir(parents=True)
     knife = write_image(refs / "weapons" / "knife.jpg", seed=14, size=(96, 72))
@@ -242,3 +242,12 @@ def test_a_prohibited_upload_is_shown_beside_its_reference_image(make_harness: C
     h.upsert(write_image(h.root / "plain.jpg", seed=3))
     plain = h.verdicts()[str(h.root / "plain.jpg")]
     assert plain.status == "ok" and client.request("GET", f"/reference/{plain.id}", auth=ANA)[0] == 404
+    _, copy = ingest_pair(h, seed=4)  # a duplicate flagged after the prohibited upload
+    newer = h.verdicts()[str(copy)].id
+    assert ids_on(client.request("GET", "/", auth=ANA)[2]) == [newer, row.id]  # both verdicts, newest first
+    assert ids_on(client.request("GET", "/?status=prohibited", auth=ANA)[2]) == [row.id]
+    monkeypatch.setattr(clipwatch.web.review, "PAGE_SIZE", 1)
+    _, _, first = client.request("GET", "/", auth=ANA)
+    link = re.search(rb'<a class="next" href="([^"]+)"', first)
+    assert ids_on(first) == [newer] and link is not None
+    assert ids_on(client.request("GET", link.group(1).decode().replace("&amp;", "&"), auth=ANA)[2]) == [row.id]

@@ -171,9 +171,10 @@ class SQLStore(SQLBase):
             keyset = [rows[-1][-1], rows[-1][-1], rows[-1][0]]
 
     def review_queue(self, query: ReviewQuery, limit: int) -> list[ReviewItem]:
+        """One query per status, each walking the (status, updated_at) index backwards, merged: an
+        `IN (...)` over both would make SQLite sort every flagged row for each page."""
         p = self.PARAM
-        statuses = [query.status] if query.status else [Status.DUPLICATE, Status.PROHIBITED]
-        where, params = [f"a.status IN ({self._marks(len(statuses))})"], list[Any](statuses)
+        where, params = [f"a.status = {p}"], list[Any]([""])
         for clause, value in ((f"a.label = {p}", query.label), (f"a.score >= {p}", query.min_score),
                               (f"a.score <= {p}", query.max_score), (f"a.instance = {p}", query.instance)):
             if value is not None:
@@ -183,10 +184,13 @@ class SQLStore(SQLBase):
             when = self._timestamp(query.before[0])
             where.append(f"(a.updated_at < {p} OR (a.updated_at = {p} AND a.id < {p}))")
             params += [when, when, query.before[1]]
-        rows = self._fetch(f"{REVIEW.format(t=self.t)} WHERE {' AND '.join(where)} "
-                           f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(limit)}", params)
-        return [ReviewItem(self._flagged_row(r), int(r[11]), float(r[12]), None if r[13] is None else int(r[13]),
-                           r[14], r[15]) for r in rows]
+        rows: list[tuple[Any, ...]] = []
+        for status in [query.status] if query.status else [Status.DUPLICATE, Status.PROHIBITED]:
+            rows += self._fetch(f"{REVIEW.format(t=self.t)} WHERE {' AND '.join(where)} "
+                                f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(limit)}", [status, *params[1:]])
+        items = [ReviewItem(self._flagged_row(r), int(r[11]), float(r[12]), None if r[13] is None else int(r[13]),
+                            r[14], r[15]) for r in rows]
+        return sorted(items, key=lambda i: (i.row.updated_at, i.row.id), reverse=True)[:limit]
 
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, FlaggedRow]:
         rows = self._by_chunks(FLAGGED.format(t=self.t) + " WHERE a.id IN ({marks})", ids)
@@ -202,9 +206,10 @@ class SQLStore(SQLBase):
             rows = self._fetch(f"SELECT id FROM {self.t} WHERE status = {p} AND sha256 = {p} AND label = {p}",
                                [kind, sha256, other])
         else:
-            rows = self._fetch(f"SELECT a.id FROM {self.t} a JOIN {self.t} b ON b.id = a.match_id "
-                               f"WHERE a.status = {p} AND ((a.sha256 = {p} AND b.sha256 = {p}) "
-                               f"OR (a.sha256 = {p} AND b.sha256 = {p}))", [kind, sha256, other, other, sha256])
+            pair = (f"SELECT a.id FROM {self.t} a JOIN {self.t} b ON b.id = a.match_id "
+                    f"WHERE a.status = {p} AND a.sha256 = {p} AND b.sha256 = {p}")
+            rows = self._fetch(pair, [kind, sha256, other])  # either way round; an OR of both scans the table
+            rows += self._fetch(pair, [kind, other, sha256]) if other != sha256 else []
         return [int(r[0]) for r in rows]
 
     def decisions(self) -> list[DecisionRecord]:
