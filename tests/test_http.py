@@ -83,6 +83,9 @@ def test_every_protected_route_needs_a_user_and_metrics_and_health_do_not(serve,
     status, _, body = client.request("POST", "/search", b'{"text": "x"}', auth=("ana", "correct horse"))
     assert status == 200 and json.loads(body)["asked"] == ["text"]
     assert client.request("POST", "/search", b"{}", auth=("ana", "wrong"))[0] == 401
+    _, headers, _ = client.request("GET", "/", auth=("ana", "correct horse"))
+    assert "frame-ancestors 'none'" in headers["content-security-policy"] and "unsafe-inline" not in str(headers)
+    assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
     assert client.request("POST", "/search", b"{}", auth=("bob", "correct horse"))[0] == 401
 
 
