@@ -251,3 +251,18 @@ def test_on_a_public_address_without_users_the_daemon_warns_and_serves_only_metr
         assert client.request("POST", "/search", b'{"text": "a cat"}')[0] == 404
     finally:
         assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.timeout(180)
+def test_a_scan_beside_a_running_daemon_leaves_the_port_to_it(daemon_env: dict[str, str], tmp_path: Path):
+    env = {**daemon_env, "CLIPWATCH_METRICS__LISTEN": f"127.0.0.1:{free_port()}"}
+    write_image(tmp_path / "watched" / "a.jpg", seed=1)
+    daemon = Daemon(env)
+    try:
+        wait_until(lambda: daemon.saw("http_listening"), timeout=60, what="the daemon's endpoint")
+        scan = run_cli("scan", env=env)
+        assert scan.returncode == 0, scan.stderr
+        assert run_cli("health", env=env).returncode == 0  # the daemon still answers on its port
+    finally:
+        assert daemon.stop() == 0

@@ -29,7 +29,7 @@ log = get_logger("clipwatch")
 def cmd_run(config: Config) -> int:
     from .service import Service
 
-    return Service.opened(config, handle_signals=True).run()
+    return Service.opened(config, handle_signals=True, serving=True).run()
 
 
 def cmd_scan(config: Config) -> int:

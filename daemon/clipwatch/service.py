@@ -76,23 +76,25 @@ class Service:
     # --- start-up ---------------------------------------------------------------------------------
 
     @classmethod
-    def opened(cls, config: Config, watching: bool = True, handle_signals: bool = False) -> Service:
+    def opened(cls, config: Config, watching: bool = True, handle_signals: bool = False,
+               serving: bool = False) -> Service:
         """A service with its store connected and model loaded; nothing left open if that fails.
         `handle_signals`: SIGTERM/SIGINT during start-up already mean a clean stop (exit 0 once started)."""
         service = cls(config)
         if handle_signals:
             service._install_signal_handlers()
         try:
-            service.open(watching)
+            service.open(watching, serving)
         except BaseException:
             service.close()
             raise
         return service
 
-    def open(self, watching: bool = True) -> None:
+    def open(self, watching: bool = True, serving: bool = True) -> None:
         """Check the roots (`watching`: not for `clipwatch import`), connect to the store, load the model,
         create the table if missing, finish the file moves a crash interrupted, load the similarity index,
-        the decisions and the prohibited references."""
+        the decisions and the prohibited references. `serving`: also serve the HTTP endpoint at
+        metrics.listen (the daemon does; `clipwatch scan` must not take the port of a daemon running beside it)."""
         for root in self.config.watch.paths if watching else ():
             if not os.path.isdir(root):
                 raise ConfigError(f"watch.paths: {root!r} is not an existing directory")
@@ -126,7 +128,7 @@ class Service:
                              self.index, judge, self.store_health, self.notifier)
         self._sync_from = since  # where IndexSync starts, in run()
         address = metrics_address(self.config)
-        if address and watching:
+        if address and watching and serving:  # the daemon's; `clipwatch scan` leaves the port to it
             self._api_store = open_store(self.config)
             desk = Desk(self._api_store, self._api_lock, Thumbnails(
                 self.config.data_dir / "thumbnails", self.config.watch.paths, self.config.quarantine.dir,
