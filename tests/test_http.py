@@ -29,7 +29,7 @@ from clipwatch.store.sqlite import SQLiteStore
 from clipwatch.web import WebContext, WebServer, build_app
 from clipwatch.web.review import Desk
 from clipwatch.web.thumbs import Thumbnails
-from clipwatch.web.users import set_user
+from clipwatch.web.users import LoginThrottle, set_user
 from conftest import Client, Daemon, clipwatch_command, free_port, rows_under, run_cli, wait_until, write_image
 
 PROTECTED = [("GET", "/"), ("POST", "/search"), ("GET", "/thumb/1"), ("GET", "/file/1"), ("POST", "/api/decide"),
@@ -266,3 +266,16 @@ def test_a_scan_beside_a_running_daemon_leaves_the_port_to_it(daemon_env: dict[s
         assert run_cli("health", env=env).returncode == 0  # the daemon still answers on its port
     finally:
         assert daemon.stop() == 0
+
+
+def test_failed_logins_are_throttled_per_address_and_name_with_429(serve, users):
+    client = serve()
+    for _ in range(LoginThrottle.PER_NAME):
+        assert client.request("POST", "/search", b"{}", auth=("ana", "guess"))[0] == 401
+    status, headers, body = client.request("POST", "/search", b"{}", auth=("ana", "correct horse"))
+    assert status == 429 and b"too many failed logins" in body  # even the right password, for a while
+    status, _, page = client.request("POST", "/login", b"user=ana&password=correct+horse", headers=FORM)
+    assert status == 429 and b"try again in 10 minutes" in page
+    assert client.refused("throttled") == 2
+    set_user(str(users), "bob", "pass word")  # another name from the same address is not locked out
+    assert client.request("POST", "/search", b"{}", auth=("bob", "pass word"))[0] == 200

@@ -68,8 +68,8 @@ class Metrics:
         self.sync_success = Gauge("clipwatch_index_sync_last_success_timestamp_seconds",
                                   "Unix time of the last index sync round that reached the store", registry=r)
         self.http_refused = Counter("clipwatch_http_refused_total",
-                                    "Requests the HTTP endpoint refused, by why (unauthenticated, cross_site, off, "
-                                    "too_large, busy, too_slow)", ["reason"], registry=r)
+                                    "Requests the HTTP endpoint refused, by why (unauthenticated, throttled, "
+                                    "cross_site, off, too_large, busy, too_slow)", ["reason"], registry=r)
         self.searches = Histogram("clipwatch_search_duration_seconds", "Time to answer POST /search",
                                   buckets=SECONDS_BUCKETS, registry=r)
         for refusal in Refusal:

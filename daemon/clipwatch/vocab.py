@@ -116,6 +116,7 @@ class Refusal(StrEnum):
     """Why the HTTP endpoint refused a request (label of clipwatch_http_refused_total)."""
 
     UNAUTHENTICATED = "unauthenticated"
+    THROTTLED = "throttled"  # too many failed logins from that address
     CROSS_SITE = "cross_site"
     OFF = "off"  # review and search on a non-loopback address with no users file
     TOO_LARGE = "too_large"

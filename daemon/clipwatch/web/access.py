@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ..metrics import Metrics
 from ..vocab import Refusal
-from .users import Users
+from .users import LoginThrottle, Users
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -53,9 +53,9 @@ class Access:
     """ASGI middleware; sets scope["user"] to the user's name ("" for the loopback-only mode)."""
 
     def __init__(self, app: ASGIApp, users: Users | None, loopback: bool, protect_metrics: bool,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, throttle: LoginThrottle) -> None:
         self.app, self.users, self.loopback, self.protect_metrics = app, users, loopback, protect_metrics
-        self.metrics = metrics
+        self.metrics, self.throttle = metrics, throttle
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -89,6 +89,10 @@ class Access:
                                    "address until http.users_file names the users", scope, receive, send)
             return
         user = await self._user(scope, headers)
+        if user is THROTTLED:
+            await self._refuse(Refusal.THROTTLED, 429, "too many failed logins from this address; try again in "
+                               "10 minutes", scope, receive, send)
+            return
         if user is None:
             await self._unauthenticated(scope, headers, receive, send)
             return
@@ -105,7 +109,8 @@ class Access:
         if given is None:
             return None
         name, password = given
-        return name if await run_in_threadpool(self.users.check, name, password) else None
+        ok = await verify(self.users, self.throttle, _address(scope), name, password)
+        return THROTTLED if ok is None else name if ok else None
 
     async def _unauthenticated(self, scope: Scope, headers: dict[str, str], receive: Callable[[], Awaitable[Any]],
                                send: Callable[[Any], Awaitable[None]]) -> None:
@@ -124,6 +129,24 @@ class Access:
                       receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
         self.metrics.http_refused.labels(why).inc()
         await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+THROTTLED = "\0throttled"  # never a user name (users.NAME allows no control characters)
+
+
+async def verify(users: Users, throttle: LoginThrottle, address: str, name: str, password: str) -> bool | None:
+    """The password check behind the login form and basic auth; None when this client is throttled."""
+    if not throttle.allowed(address, name):
+        return None
+    ok = await run_in_threadpool(users.check, name, password)
+    if not ok:
+        throttle.failed(address, name)
+    return ok
+
+
+def _address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _cross_site(headers: dict[str, str]) -> bool:

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 from prometheus_client import make_asgi_app
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -33,12 +32,13 @@ from starlette.templating import Jinja2Templates
 
 from ..config import HTTPConfig
 from ..metrics import Metrics
-from .access import Access
+from ..vocab import Refusal
+from .access import Access, verify
 from .api import HealthHandler, ModelGate, SearchHandler
 from .api import routes_for as api_routes
 from .calibrate import handler as calibrate_page
 from .review import Desk, ReviewPages
-from .users import Users
+from .users import LoginThrottle, Users
 
 SESSION_MAX_AGE_S = 12 * 3600
 PACKAGE = resources.files("clipwatch.web")
@@ -58,6 +58,7 @@ class WebContext:
 
 def build_app(ctx: WebContext) -> Starlette:
     users = Users(ctx.http.users_file) if ctx.http.users_file else None
+    throttle = LoginThrottle()
     templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
     templates.env.globals["auth"] = users is not None
     templates.env.filters["filesize"] = _filesize
@@ -72,7 +73,13 @@ def build_app(ctx: WebContext) -> Starlette:
         form = await request.form()
         name, password = str(form.get("user", "")), str(form.get("password", ""))
         target = _local(str(form.get("next", "")))
-        if users is not None and await run_in_threadpool(users.check, name, password):
+        ok = await verify(users, throttle, request.client.host if request.client else "", name, password) \
+            if users is not None else False
+        if ok is None:
+            ctx.metrics.http_refused.labels(Refusal.THROTTLED).inc()
+            return templates.TemplateResponse(request, "login.html", {"next": target, "throttled": True},
+                                              status_code=429, headers={"Retry-After": "600"})
+        if ok:
             request.session.clear()
             request.session["user"] = name
             return RedirectResponse(target, status_code=303)
@@ -96,7 +103,7 @@ def build_app(ctx: WebContext) -> Starlette:
         Middleware(SessionMiddleware, secret_key=secrets.token_urlsafe(32), session_cookie="clipwatch_session",
                    max_age=SESSION_MAX_AGE_S, same_site="strict", https_only=bool(ctx.http.tls_cert)),
         Middleware(Access, users=users, loopback=ctx.loopback, protect_metrics=ctx.http.protect_metrics,
-                   metrics=ctx.metrics),
+                   metrics=ctx.metrics, throttle=throttle),
     ]
     return Starlette(routes=routes, middleware=middleware)
 

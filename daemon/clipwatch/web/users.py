@@ -127,3 +127,27 @@ def set_user(path: str, name: str, password: str) -> bool:
     except OSError as exc:
         raise ConfigError(f"http.users_file: cannot write {path!r} ({exc.strerror})") from None
     return existed
+
+
+class LoginThrottle:
+    """Failed logins slow down nobody but their author: at most `PER_NAME` failures per name from one
+    address, and `PER_ADDRESS` from one address, in any 10 minutes (a moving window, `limits`' in-memory
+    storage); beyond, that client's logins are refused (429) until the window moves. Keyed by address and
+    name, so a stranger cannot lock a user out from their own address."""
+
+    PER_NAME, PER_ADDRESS = 5, 20
+
+    def __init__(self) -> None:
+        from limits import RateLimitItemPerMinute, storage, strategies
+
+        self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self._per_name = RateLimitItemPerMinute(self.PER_NAME, 10)
+        self._per_address = RateLimitItemPerMinute(self.PER_ADDRESS, 10)
+
+    def allowed(self, address: str, name: str) -> bool:
+        return (self._limiter.test(self._per_name, address, name)
+                and self._limiter.test(self._per_address, address))
+
+    def failed(self, address: str, name: str) -> None:
+        self._limiter.hit(self._per_name, address, name)
+        self._limiter.hit(self._per_address, address)
