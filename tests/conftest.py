@@ -34,6 +34,11 @@ from clipwatch.service import Service
 from clipwatch.store import Store, StoredFile, open_store
 from clipwatch.testing import build_random_clip
 
+# model.precision = auto picks by timing, which is not the same from one run to the next: every daemon and
+# command the tests start runs fp32, so that vectors compared across processes are bit-identical. The
+# choice itself is tested in tests/test_precision.py.
+os.environ.setdefault("CLIPWATCH_MODEL__PRECISION", "fp32")
+
 MYSQL_URL = os.environ.get("CLIPWATCH_TEST_MYSQL_URL", "")
 
 

@@ -174,7 +174,7 @@ def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, A
     from .sync import load_index
 
     def embedder() -> Embedder:
-        model = Embedder.from_config(config.model)
+        model = Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         model.load()
         return model
 
@@ -207,7 +207,7 @@ def cmd_compare(config: Config, a: str, b: str, metric: str) -> int:
 
     vectors = [read_vector_argument(a, "A"), read_vector_argument(b, "B")]
     if any(v is None for v in vectors):
-        embedder = Embedder.from_config(config.model)
+        embedder = Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         embedder.load()
         vectors = [v if v is not None else _embed_file(config, embedder, arg)
                    for v, arg in zip(vectors, (a, b), strict=True)]
@@ -234,7 +234,7 @@ def cmd_db_init(config: Config, dimension: int | None) -> int:
     from .store import open_store
 
     if dimension is None:
-        embedder = Embedder.from_config(config.model)
+        embedder = Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         embedder.load()
         dimension = embedder.dimension
     if dimension < 1:
@@ -341,7 +341,7 @@ def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool)
         from .embedder import Embedder
         from .search import compare
 
-        embedder = Embedder.from_config(config.model)
+        embedder = Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         embedder.load()
         samples += read_pairs(pairs, lambda a, b: compare(_embed_file(config, embedder, a),
                                                          _embed_file(config, embedder, b), "cosine"))

@@ -6,8 +6,10 @@ when the model's image processor is one `imaging.Preprocessing` reproduces (CLIP
 straight into the model's own `forward`, skipping the library's per-image preprocessing. Otherwise images
 go through `SentenceTransformer.encode` as PIL images.
 
-On CUDA a batch is copied from pinned memory and run under fp16 autocast. That path cannot run on the
-machines this project is built on (no GPU): it is kept small, and `cuda` without a GPU falls back to CPU.
+The precision (fp32, bf16, fp16 on CUDA) is chosen at load by measurement (`precision.py`) and applied as
+autocast around each forward pass; vectors come out float32 either way. On CUDA a batch is copied from
+pinned memory. The CUDA path cannot run on the machines this project is built on (no GPU): it is kept
+small, and `cuda` without a GPU falls back to CPU.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
 
+from . import precision
 from .errors import ModelLoadError
 from .imaging import Preprocessing, decode_image
 from .logs import get_logger
@@ -78,7 +83,7 @@ class Embedder:
     """A sentence-transformers CLIP model. Vectors are L2-normalised float32, so dot product = cosine."""
 
     def __init__(self, name: str, device: str = "auto", cache_dir: str = "", threads: int = 0,
-                 fast_preprocessing: bool = True) -> None:
+                 fast_preprocessing: bool = True, precision: str = "fp32", choice_cache: str = "") -> None:
         self.name = name
         self.identity = model_identity(name)
         self.device_setting = device
@@ -91,11 +96,16 @@ class Embedder:
         self._features: dict[str, Any] = {}  # what the model's preprocess() gives for one image, minus pixels
         self._model: Any = None  # a SentenceTransformer, once loaded
         self._lock = threading.Lock()  # the worker, the reference refresh and searches share one model
+        self.precision_setting = precision  # "auto", "fp32", "bf16" or "fp16"
+        self.precision = "fp32"  # what runs, once loaded
+        self.text_precision = "fp32"  # the texts' (the same, when a probe text agrees as closely)
+        self.choice_cache = choice_cache  # where `auto` keeps its choice (a JSON file), or "" for nowhere
 
     @classmethod
-    def from_config(cls, model: Any) -> Embedder:
+    def from_config(cls, model: Any, choice_cache: str = "") -> Embedder:
         """From the `[model]` section (a config.ModelConfig)."""
-        return cls(model.name, model.device, model.cache_dir, threads=model.threads)
+        return cls(model.name, model.device, model.cache_dir, threads=model.threads, precision=model.precision,
+                   choice_cache=choice_cache)
 
     def load(self) -> None:
         """Load the model and probe it with one image. Raises ModelLoadError with a message for the user."""
@@ -130,8 +140,52 @@ class Embedder:
         self.dimension = int(probe.shape[1])
         if self._fast_wanted:
             self.preprocessing = self._fast_path()
+        self._choose_precision()
         log.info("model_loaded", model=self.name, device=self.device, dimension=self.dimension,
-                 threads=torch.get_num_threads(), fast_preprocessing=self.preprocessing is not None)
+                 threads=torch.get_num_threads(), fast_preprocessing=self.preprocessing is not None,
+                 precision=self.precision)
+
+    def _choose_precision(self) -> None:
+        import torch
+
+        started = time.perf_counter()
+        made: dict[str, Any] = {}  # the probe batch, made only if something is measured (not when cached)
+
+        def images(how: str) -> np.ndarray:
+            if not made:
+                made["batch"] = [_probe_image(seed) for seed in range(precision.PROBE_BATCH)]
+                made["pixels"] = np.stack([self.preprocessing.pixels(i) for i in made["batch"]]) \
+                    if self.preprocessing else None
+            wanted, _, one = how.partition(":")
+            count = 1 if one else precision.PROBE_BATCH
+            with self._in_precision(wanted):
+                if made["pixels"] is not None:
+                    return self._forward_pixels(made["pixels"][:count])
+                return self._encode(made["batch"][:count])
+
+        def text(how: str) -> np.ndarray | None:
+            try:
+                self.text_precision = how
+                return self.embed_texts(["a photo of a bicycle leaning on a wall", "a red car"])
+            except Exception:  # a model without a text tower: texts stay in fp32
+                return None
+
+        cache = Path(self.choice_cache) if self.choice_cache else None
+        key = precision.machine_key(self.identity, self.device, torch.get_num_threads())
+        probe = precision.Probe(images, text)
+        self.precision, figures = precision.choose(self.precision_setting, self.device, probe, cache, key)
+        self.text_precision = precision.for_texts(probe, self.precision)
+        log.info("model_precision_chosen", precision=self.precision, texts=self.text_precision,
+                 setting=self.precision_setting, seconds=round(time.perf_counter() - started, 3),
+                 figures=figures or None)
+
+    @contextlib.contextmanager
+    def _in_precision(self, wanted: str) -> Any:
+        previous, self.precision = self.precision, wanted
+        try:
+            yield
+        finally:
+            self.precision = previous
 
     def _fast_path(self) -> Preprocessing | None:
         """Our preprocessing, if the model's image processor is one it reproduces and the model's forward
@@ -199,11 +253,16 @@ class Embedder:
         prep = self.preprocessing
         return self._forward_pixels(np.stack([prep.pixels(i) if isinstance(i, Image.Image) else i for i in images]))
 
-    def _autocast(self) -> Any:
-        """fp16 autocast on CUDA (untested here: no GPU); nothing on the CPU, where it would be slower."""
+    def _autocast(self, wanted: str | None = None) -> Any:
+        """The chosen precision around a forward pass: bf16 autocast (CPU or CUDA), fp16 autocast (CUDA;
+        untested here: no GPU), or nothing (fp32)."""
         import torch
 
-        if self.device.startswith("cuda"):
+        device = "cuda" if self.device.startswith("cuda") else "cpu"
+        wanted = wanted or self.precision
+        if wanted == "bf16":
+            return torch.autocast(device, dtype=torch.bfloat16)
+        if wanted == "fp16" and device == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -223,17 +282,24 @@ class Embedder:
         return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(list(texts))
+        return self._encode(list(texts), self.text_precision)
 
-    def _encode(self, items: list[Image.Image] | list[str]) -> np.ndarray:
+    def _encode(self, items: list[Image.Image] | list[str], wanted: str | None = None) -> np.ndarray:
         import torch
 
         if self._model is None:
             raise RuntimeError("Embedder.load() was not called")
-        with self._lock, torch.inference_mode(), self._autocast():
+        with self._lock, torch.inference_mode(), self._autocast(wanted):
             vectors = self._model.encode(items, batch_size=max(len(items), 1), convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _probe_image(seed: int) -> Image.Image:
+    """A photo-like probe image: smooth colour blobs (pixel noise would be nothing like an upload)."""
+    rng = np.random.default_rng(seed)
+    blobs = Image.fromarray(rng.integers(0, 256, (40, 54, 3), dtype=np.uint8))
+    return blobs.resize((640, 480), Image.Resampling.BICUBIC)
 
 
 def _unexpected(item: object) -> Image.Image:

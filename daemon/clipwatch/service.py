@@ -55,7 +55,7 @@ class Service:
         self.config = config
         self.metrics = metrics or Metrics()
         self.paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
-        self.embedder = embedder or Embedder.from_config(config.model)
+        self.embedder = embedder or Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
         self.store_health = Health(self.metrics, config.index.sync_interval_s)
         self.decisions = Decisions()
@@ -106,6 +106,7 @@ class Service:
         self.notifier.status(f"loading the model {self.config.model.name}")
         if not self.embedder.dimension:
             self.embedder.load()
+        self.metrics.running_precision(self.embedder.precision)
         if self.store.init_schema(self.embedder.dimension):
             log.info("table_created", store=self.store.location(), table=self.config.store.table,
                      dimension=self.embedder.dimension)
@@ -261,8 +262,7 @@ class Service:
                               "index_size": len(self.index) if self.index else 0}
 
     def _rejudge(self, path: str) -> None:
-        """A file released on the review page: the worker judges it again, without the dismissed match (the
-        decisions are re-read first: the index sync would see the dismissal only at its next round)."""
+        """A file released on the review page, judged again without the dismissed match (read just now)."""
         if self._api_store is not None:
             self.decisions.refresh(self._api_store)  # called by the Desk, which holds the lock on this store
         self.intake.put(Change(ChangeKind.REJUDGE, path, source=Source.REVIEW))

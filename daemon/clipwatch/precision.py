@@ -1,0 +1,144 @@
+"""Which precision the model runs in: measured on this machine, not assumed.
+
+CPUs with bf16 matrix units (AVX-512 BF16, AMX) run CLIP several times faster in bf16 than in fp32; CPUs
+without them run bf16 several times *slower* (measured on this project's machines: 101 against 28 img/s
+on one, 1.7 against 12 on another). So `model.precision = "auto"` times a probe batch in each precision
+the device supports, keeps a precision only if its image vectors agree with fp32's (cosine >=
+`AGREEMENT_MIN`), and picks the fastest. Text vectors (prompts, `search --text`) get the same precision
+if a probe text agrees as closely too, else fp32 (texts are few: their precision costs nothing). The
+choice is cached (keyed by the CPU model and its relevant flags, torch's version, the model, the device
+and the thread count), so later starts skip the probe. A precision given explicitly is checked for
+agreement the same way, and fp32 is used if it fails. Vectors are always returned as float32 unit
+vectors: the stored column does not change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .logs import get_logger
+
+log = get_logger(__name__)
+AGREEMENT_MIN = 0.999
+PROBE_BATCH = 4
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def supported(device: str) -> list[str]:
+    import torch
+
+    if device.startswith("cuda"):
+        return ["fp32", "fp16", *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
+    return ["fp32", "bf16"]
+
+
+def machine_key(model: str, device: str, threads: int) -> str:
+    """What the choice depends on: the CPU (model name and the flags that matter), torch, model, device."""
+    import torch
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    flags = [f for f in FLAGS if re.search(rf"\b{f}\b", info)]
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else ""
+    return "|".join([cpu, ",".join(flags), torch.__version__, model, device, gpu, str(threads)])
+
+
+class Probe:
+    """Runs the model on a fixed probe batch (and a text) in a given precision: `run(p)` -> vectors."""
+
+    def __init__(self, images: Callable[[str], np.ndarray], text: Callable[[str], np.ndarray | None]) -> None:
+        self.images, self.text = images, text
+
+
+def choose(setting: str, device: str, probe: Probe, cache: Path | None, key: str) -> tuple[str, dict[str, Any]]:
+    """The precision to run in, and the figures behind the choice (for the log)."""
+    available = supported(device)
+    if setting != "auto":
+        if setting not in available:
+            log.warning("model_precision_unavailable", asked=setting, device=device, using="fp32")
+            return "fp32", {}
+        if setting != "fp32" and _agreement(probe, setting, probe.images("fp32")) < AGREEMENT_MIN:
+            log.warning("model_precision_disagrees", asked=setting, using="fp32", minimum=AGREEMENT_MIN)
+            return "fp32", {}
+        return setting, {}
+    cached = _read(cache).get(key)
+    if cached in available:
+        return str(cached), {"cached": True}
+    figures = measure(probe, available)
+    usable = {p: f["img_per_s"] for p, f in figures.items() if f.get("agrees", True) and f["img_per_s"]}
+    best = max(usable, key=lambda p: usable[p]) if usable else "fp32"
+    _write(cache, key, best)
+    return best, figures
+
+
+def measure(probe: Probe, available: list[str]) -> dict[str, dict[str, Any]]:
+    """img/s per precision on the probe batch. A precision whose first image alone takes longer than the
+    whole fp32 batch is slower for certain: it is not timed further (on a CPU without bf16 units, a full
+    bf16 batch would cost seconds at every first start)."""
+    probe.images("fp32")  # warm-up: the first call pays for allocations
+    started = time.perf_counter()
+    reference = probe.images("fp32")
+    fp32_s = time.perf_counter() - started
+    figures: dict[str, dict[str, Any]] = {"fp32": {"img_per_s": round(PROBE_BATCH / fp32_s, 1)}}
+    for precision in available[1:]:
+        started = time.perf_counter()
+        probe.images(precision + ":one")  # warm-up on one image, timed
+        if time.perf_counter() - started > fp32_s:
+            figures[precision] = {"img_per_s": 0.0, "note": "one image took longer than the fp32 batch"}
+            continue
+        started = time.perf_counter()
+        probe.images(precision)
+        seconds = time.perf_counter() - started
+        agreement = _agreement(probe, precision, reference)
+        figures[precision] = {"img_per_s": round(PROBE_BATCH / seconds, 1), "cosine_min": round(agreement, 6),
+                              "agrees": agreement >= AGREEMENT_MIN}
+    return figures
+
+
+def _agreement(probe: Probe, precision: str, reference: np.ndarray) -> float:
+    return float(np.min(np.sum(probe.images(precision) * reference, axis=1)))
+
+
+def for_texts(probe: Probe, precision: str) -> str:
+    """The precision for text vectors: the images' one if a probe text agrees with fp32, else fp32."""
+    if precision == "fp32":
+        return "fp32"
+    reference, vectors = probe.text("fp32"), probe.text(precision)
+    if reference is None or vectors is None:
+        return "fp32"
+    agreement = float(np.min(np.sum(reference * vectors, axis=1)))
+    return precision if agreement >= AGREEMENT_MIN else "fp32"
+
+
+def _read(cache: Path | None) -> dict[str, Any]:
+    if cache is None:
+        return {}
+    try:
+        data = json.loads(cache.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(cache: Path | None, key: str, precision: str) -> None:
+    if cache is None:
+        return
+    try:
+        data = _read(cache)
+        data[key] = precision
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, cache)
+    except OSError as exc:
+        log.warning("model_precision_not_cached", path=str(cache), error=str(exc))

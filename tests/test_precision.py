@@ -1,0 +1,110 @@
+"""model.precision: chosen by measurement on this machine, checked against fp32, cached; bf16 vectors agree
+with fp32 on the test images. The tiny random CLIP of the other tests, on whatever CPU runs them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipwatch import precision
+from clipwatch.embedder import Embedder
+from conftest import write_image
+
+
+def load(model_dir: Path, setting: str, cache: Path | None = None) -> Embedder:
+    e = Embedder(str(model_dir), device="cpu", precision=setting, choice_cache=str(cache) if cache else "")
+    e.load()
+    return e
+
+
+def test_bf16_vectors_agree_with_fp32_on_images_and_texts_follow_only_if_they_agree(model_dir: Path, tmp_path: Path):
+    fp32, bf16 = load(model_dir, "fp32"), load(model_dir, "bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    files = [write_image(tmp_path / f"{i}.jpg", seed=i, size=(320, 240)) for i in range(6)]
+    pixels = [fp32.prepare(f.read_bytes(), 10**8) for f in files]
+    a, b = fp32.embed_images(pixels), bf16.embed_images(pixels)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+    assert float(np.min(np.sum(a * b, axis=1))) >= 0.999
+    assert not np.array_equal(a, b)  # it did run in bf16
+    # Texts run in bf16 only where a probe text agrees as closely; the tiny random text tower may not.
+    ta, tb = fp32.embed_texts(["a red bicycle", "a cat"]), bf16.embed_texts(["a red bicycle", "a cat"])
+    assert bf16.text_precision in ("bf16", "fp32") and float(np.min(np.sum(ta * tb, axis=1))) >= (
+        0.999 if bf16.text_precision == "bf16" else 1 - 1e-6)
+
+
+def test_auto_measures_picks_the_fastest_agreeing_precision_and_caches_it(model_dir: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]):
+    cache = tmp_path / "precision.json"
+    first = load(model_dir, "auto", cache)
+    assert first.precision in ("fp32", "bf16")
+    (key, chosen), = json.loads(cache.read_text()).items()
+    assert chosen == first.precision and "|" in key
+    started = time.perf_counter()
+    again = load(model_dir, "auto", cache)
+    assert again.precision == first.precision
+    assert time.perf_counter() - started < 30  # the model load itself; the choice comes from the cache
+    out = capsys.readouterr().out
+    assert out.count("model_precision_chosen") == 2 and "cached" in out
+
+
+def test_auto_keeps_fp32_when_bf16_measures_slower(model_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    # Stands in for a CPU without bf16 units (AVX2 only), which this machine may not be: bf16 is made to
+    # cost a second per call, as it costs there relative to fp32.
+    real = Embedder._forward_pixels
+
+    def slow_bf16(self: Embedder, batch: np.ndarray) -> np.ndarray:
+        if self.precision == "bf16":
+            time.sleep(1.0)
+        return real(self, batch)
+
+    monkeypatch.setattr(Embedder, "_forward_pixels", slow_bf16)
+    started = time.perf_counter()
+    e = load(model_dir, "auto", tmp_path / "precision.json")
+    assert e.precision == "fp32"
+    assert time.perf_counter() - started < 30
+
+
+def test_a_precision_whose_vectors_disagree_is_not_used(model_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    real = Embedder._forward_pixels
+
+    def wrong_in_bf16(self: Embedder, batch: np.ndarray) -> np.ndarray:
+        out = real(self, batch)
+        return np.roll(out, 1, axis=1) if self.precision == "bf16" else out
+
+    monkeypatch.setattr(Embedder, "_forward_pixels", wrong_in_bf16)
+    assert load(model_dir, "auto").precision == "fp32"
+    assert load(model_dir, "bf16").precision == "fp32"  # asked for explicitly: checked the same way
+
+
+def test_the_machine_key_names_the_cpu_flags_torch_and_model():
+    key = precision.machine_key("clip-ViT-B-32", "cpu", 2)
+    import torch
+
+    assert torch.__version__ in key and key.endswith("|clip-ViT-B-32|cpu||2")
+    assert precision.supported("cpu") == ["fp32", "bf16"]
+
+
+def test_texts_stay_in_fp32_when_a_probe_text_disagrees_in_bf16(model_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    real = Embedder._encode
+
+    def wrong_texts(self: Embedder, items, wanted=None):  # type: ignore[no-untyped-def]
+        out = real(self, items, wanted)
+        return np.roll(out, 1, axis=1) if wanted == "bf16" and isinstance(items[0], str) else out
+
+    monkeypatch.setattr(Embedder, "_encode", wrong_texts)
+    e = load(model_dir, "bf16")
+    assert (e.precision, e.text_precision) == ("bf16", "fp32")
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_running_precision_is_exported(make_harness):  # type: ignore[no-untyped-def]
+    h = make_harness()
+    values = {p: h.metrics.registry.get_sample_value("clipwatch_model_precision", {"precision": p})
+              for p in ("fp32", "bf16", "fp16")}
+    assert values == {"fp32": 1.0, "bf16": 0.0, "fp16": 0.0}
