@@ -158,23 +158,19 @@ class SQLStore(SQLBase):
         return [StoredFile(*r) for r in rows]
 
     def flagged(self, status: Status | None = None, page: int = PAGE) -> Iterator[FlaggedRow]:
-        statuses = [status] if status else [Status.DUPLICATE, Status.PROHIBITED]
-        p, select = self.PARAM, FLAGGED.format(t=self.t)
-        keyset: list[Any] = []
+        before = None
         while True:
-            after = f" AND (a.updated_at < {p} OR (a.updated_at = {p} AND a.id < {p}))" if keyset else ""
-            rows = self._fetch(f"{select} WHERE a.status IN ({self._marks(len(statuses))}){after} "
-                               f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(page)}", [*statuses, *keyset])
-            yield from (self._flagged_row(r) for r in rows)
-            if len(rows) < page:
+            items = self.review_queue(ReviewQuery(status=status, before=before), page)
+            yield from (item.row for item in items)
+            if len(items) < page:
                 return
-            keyset = [rows[-1][-1], rows[-1][-1], rows[-1][0]]
+            before = (items[-1].row.updated_at, items[-1].row.id)
 
     def review_queue(self, query: ReviewQuery, limit: int) -> list[ReviewItem]:
         """One query per status, each walking the (status, updated_at) index backwards, merged: an
         `IN (...)` over both would make SQLite sort every flagged row for each page."""
         p = self.PARAM
-        where, params = [f"a.status = {p}"], list[Any]([""])
+        where, params = [f"a.status = {p}"], list[Any]()
         for clause, value in ((f"a.label = {p}", query.label), (f"a.score >= {p}", query.min_score),
                               (f"a.score <= {p}", query.max_score), (f"a.instance = {p}", query.instance)):
             if value is not None:
@@ -187,7 +183,7 @@ class SQLStore(SQLBase):
         rows: list[tuple[Any, ...]] = []
         for status in [query.status] if query.status else [Status.DUPLICATE, Status.PROHIBITED]:
             rows += self._fetch(f"{REVIEW.format(t=self.t)} WHERE {' AND '.join(where)} "
-                                f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(limit)}", [status, *params[1:]])
+                                f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(limit)}", [status, *params])
         items = [ReviewItem(self._flagged_row(r), int(r[11]), float(r[12]), None if r[13] is None else int(r[13]),
                             r[14], r[15]) for r in rows]
         return sorted(items, key=lambda i: (i.row.updated_at, i.row.id), reverse=True)[:limit]
