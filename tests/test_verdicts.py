@@ -226,6 +226,7 @@ def test_verdicts_lists_flagged_rows_newest_first(make_harness: Callable[..., Ha
                          "instance": "test", "flagged_at": listed[0]["flagged_at"]}
     code, out, _ = cli("verdicts", "--status", "prohibited", "--json")
     assert (code, out) == (0, "")
+    assert [r.path for r in h.store.flagged(page=1)] == [str(second), str(first)]  # paged one row at a time
 
 
 def test_a_dismissed_pair_is_never_flagged_again_not_even_after_a_re_embed(
