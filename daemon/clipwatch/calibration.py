@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import Config
+from .decisions import latest
 from .errors import ClipwatchError
 from .store import DecisionRecord
 from .vocab import Decision, Status
@@ -67,14 +69,19 @@ class Report:
 def from_decisions(decisions: Iterable[DecisionRecord], kind: Status, prompts: Sequence[str] = ()) -> list[Sample]:
     """The latest decision about each pair, as a sample (prohibited: image references only, not prompts,
     which have their own threshold)."""
-    latest: dict[tuple[str, str], DecisionRecord] = {}
-    for d in decisions:
-        if d.kind != kind or d.score is None or (kind == Status.PROHIBITED and d.other in prompts):
-            continue
-        key = tuple(sorted((d.sha256, d.other))) if kind == Status.DUPLICATE else (d.sha256, d.other)
-        latest[key] = d  # type: ignore[index]
-    return [Sample(float(d.score), d.decision == Decision.CONFIRMED) for d in latest.values()
-            if d.score is not None]
+    scored = [d for d in decisions if d.kind == kind and d.score is not None
+              and not (kind == Status.PROHIBITED and d.other in prompts)]
+    return [Sample(d.score, d.decision == Decision.CONFIRMED) for d in latest(scored).values() if d.score is not None]
+
+
+def report_for(config: Config, decisions: Iterable[DecisionRecord], kind: Status,
+               more: Sequence[Sample] = ()) -> Report:
+    """The report for the threshold `kind` is judged by (duplicates.threshold or
+    prohibited.image_threshold), from the decisions and `more` labelled samples."""
+    key, current = (("duplicates.threshold", config.duplicates.threshold) if kind == Status.DUPLICATE
+                    else ("prohibited.image_threshold", config.prohibited.image_threshold))
+    samples = [*from_decisions(decisions, kind, config.prohibited.prompts), *more]
+    return calibrate(samples, key, current, config.calibration.target_precision)
 
 
 def read_pairs(path: str, similarity: Callable[[str, str], float]) -> list[Sample]:

@@ -328,26 +328,26 @@ def cmd_user_add(config: Config, name: str, from_stdin: bool) -> int:
 
 
 def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool) -> int:
-    from .calibration import calibrate, from_decisions, read_pairs
+    from .calibration import MIN_EACH, Sample, read_pairs, report_for
     from .store import open_store
 
     kind = Status.DUPLICATE if target == "duplicates" else Status.PROHIBITED
     store = open_store(config)
     try:
-        samples = from_decisions(store.decisions(), kind, config.prohibited.prompts)
+        decisions = store.decisions()
     finally:
         store.close()
+    labelled: list[Sample] = []
     if pairs:
         from .embedder import Embedder
         from .search import compare
 
         embedder = Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         embedder.load()
-        samples += read_pairs(pairs, lambda a, b: compare(_embed_file(config, embedder, a),
+        labelled = read_pairs(pairs, lambda a, b: compare(_embed_file(config, embedder, a),
                                                          _embed_file(config, embedder, b), "cosine"))
-    key, current = (("duplicates.threshold", config.duplicates.threshold) if kind == Status.DUPLICATE
-                    else ("prohibited.image_threshold", config.prohibited.image_threshold))
-    report = calibrate(samples, key, current, config.calibration.target_precision)
+    report = report_for(config, decisions, kind, labelled)
+    key, current = report.key, report.current
     if as_json:
         print(json.dumps(report.as_json()))
         return 0
@@ -361,7 +361,7 @@ def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool)
     if report.suggested is None:
         needs = report.needs
         print(f"no suggestion yet: {needs['positives']} more confirmed and {needs['negatives']} more dismissed "
-              f"verdicts needed (at least 20 of each)")
+              f"verdicts needed (at least {MIN_EACH} of each)")
     else:
         print(f"suggested: {key} = {report.suggested} (precision >= {report.target_precision} from there up)")
     return 0

@@ -63,15 +63,21 @@ def _pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
 
 
+def latest(records: Iterable[DecisionRecord]) -> dict[tuple[Status, str, str], DecisionRecord]:
+    """The decision that counts for each pair (kind, and the two sha256 in either order, or sha256 and
+    label): records come oldest first, and a later decision about the same pair overrules."""
+    counted: dict[tuple[Status, str, str], DecisionRecord] = {}
+    for r in records:
+        counted[(r.kind, *_pair(r.sha256, r.other)) if r.kind == Status.DUPLICATE else (r.kind, r.sha256, r.other)] = r
+    return counted
+
+
 def _snapshot(records: Iterable[DecisionRecord]) -> _Snapshot:
-    latest: dict[tuple[Status, str, str], Decision] = {}
-    for r in records:  # oldest first: a later decision about the same pair overrules
-        key = (r.kind, *_pair(r.sha256, r.other)) if r.kind == Status.DUPLICATE else (r.kind, r.sha256, r.other)
-        latest[key] = r.decision
-    pairs = frozenset((a, b) for (kind, a, b), d in latest.items()
+    counted = {key: r.decision for key, r in latest(records).items()}
+    pairs = frozenset((a, b) for (kind, a, b), d in counted.items()
                       if kind == Status.DUPLICATE and d == Decision.DISMISSED)
     labels: dict[str, set[str]] = {}
-    for (kind, sha, label), d in latest.items():
+    for (kind, sha, label), d in counted.items():
         if kind == Status.PROHIBITED and d == Decision.DISMISSED:
             labels.setdefault(sha, set()).add(label)
     return _Snapshot(pairs, {s: frozenset(v) for s, v in labels.items()}, frozenset(x for p in pairs for x in p))

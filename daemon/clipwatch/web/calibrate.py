@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from ..calibration import Report, calibrate, from_decisions
+from ..calibration import Report, report_for
 from ..config import Config
 from ..vocab import Status
 from .review import Desk
@@ -21,13 +21,7 @@ WIDTH, HEIGHT, PAD = 720, 220, 30
 def handler(desk: Desk, templates: Jinja2Templates, config: Config) -> Any:
     async def calibrate_page(request: Request) -> Response:
         decisions = await run_in_threadpool(desk.with_store, lambda s: s.decisions())
-        reports = [
-            calibrate(from_decisions(decisions, Status.DUPLICATE), "duplicates.threshold",
-                      config.duplicates.threshold, config.calibration.target_precision),
-            calibrate(from_decisions(decisions, Status.PROHIBITED, config.prohibited.prompts),
-                      "prohibited.image_threshold", config.prohibited.image_threshold,
-                      config.calibration.target_precision),
-        ]
+        reports = [report_for(config, decisions, kind) for kind in (Status.DUPLICATE, Status.PROHIBITED)]
         return templates.TemplateResponse(request, "calibrate.html", {
             "user": request.scope.get("user", ""), "reports": [(r, chart(r)) for r in reports]})
 
