@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import clipwatch.web.review
+from clipwatch import quarantine
 from clipwatch.store import Upsert
 from clipwatch.vocab import Status
 from clipwatch.web.users import set_user
@@ -251,3 +252,20 @@ def test_a_prohibited_upload_is_shown_beside_its_reference_image(make_harness: C
     link = re.search(rb'<a class="next" href="([^"]+)"', first)
     assert ids_on(first) == [newer] and link is not None
     assert ids_on(client.request("GET", link.group(1).decode().replace("&amp;", "&"), auth=ANA)[2]) == [row.id]
+
+
+def test_a_quarantine_that_cannot_move_the_file_is_not_in_the_history(served, monkeypatch: pytest.MonkeyPatch):
+    h, client = served
+    _, copy = ingest_pair(h)
+    b = h.verdicts()[str(copy)]
+    real_complete = quarantine.complete
+
+    def occupied(pending):  # type: ignore[no-untyped-def]  # another file takes the name first
+        Path(pending.dest).write_bytes(b"someone else's file")
+        return real_complete(pending)
+
+    monkeypatch.setattr(quarantine, "complete", occupied)
+    status, said = post(client, "/api/quarantine", {"id": b.id})
+    assert status == 409 and "failed" in str(said) and copy.exists()
+    assert h.verdicts()[str(copy)].id == b.id  # the row went back with the file
+    assert h.store.history(None, 10) == [] and h.store.pending_moves() == []

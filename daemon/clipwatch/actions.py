@@ -49,13 +49,13 @@ class Actions:
         if not self.paths.root_of(row.path):
             raise ClipwatchError(f"row {row_id} ({row.path}) is not under a watched root (already quarantined?)")
         dest = quarantine.reserve(row.path, self.paths, self.quarantine_dir, set())
-        self._move(row, row.path, dest, [RecordAction(ActionRecord(Deed.QUARANTINED, row.id, row.path, by, dest))])
+        self._move(row, dest, [RecordAction(ActionRecord(Deed.QUARANTINED, row.id, row.path, by, dest))])
         return f"quarantined row {row_id}: {row.path} -> {dest}"
 
     def release(self, row_id: int, by: str) -> str:
         row = self._row(row_id)
         origin = self._origin(row)
-        self._move(row, row.path, origin, [])
+        self._move(row, origin, [])
         dismissal: list[int] = []
         said = decide(self.store, [row_id], Decision.DISMISSED, by, dismissal) if row.status != Status.OK else []
         self.store.apply([RecordAction(ActionRecord(Deed.RELEASED, row.id, row.path, by, origin,
@@ -73,15 +73,15 @@ class Actions:
             self.store.apply([ForgetDecision(action.row_id, decision), *self._restored(action), done])
         elif action.deed == Deed.QUARANTINED:
             row = self._row(action.row_id)
-            self._move(row, row.path, action.path, [done])
+            self._move(row, action.path, [done])
         else:  # released: back into the quarantine, the dismissal it made undone
             row = self._row(action.row_id)
             dest = quarantine.reserve(row.path, self.paths, self.quarantine_dir, set())
             extra: list[Op] = []
             for dismissal in self.store.actions_by_id(json.loads(action.restore or "{}").get("dismissal", [])).values():
                 extra += [ForgetDecision(row.id, Decision.DISMISSED), *self._restored(dismissal)]
-            self._move(row, row.path, dest, [*extra, done,
-                                             RecordAction(ActionRecord(Deed.QUARANTINED, row.id, row.path, by, dest))])
+            again = RecordAction(ActionRecord(Deed.QUARANTINED, row.id, row.path, by, dest))
+            self._move(row, dest, [*extra, done, again])
         return f"undid history entry {action_id} ({action.deed} row {action.row_id})"
 
     def _row(self, row_id: int) -> FlaggedRow:
@@ -110,14 +110,18 @@ class Actions:
         return [SetVerdict(w["id"], Status(w["status"]), w["match_id"], w["score"], w["label"]) for w in wanted
                 if w["id"] in now and now[w["id"]].sha256 == w["sha256"] and now[w["id"]].status == Status.OK]
 
-    def _move(self, row: FlaggedRow, src: str, dest: str, ops: list[Op]) -> None:
-        """The row follows the file, then the file moves (journalled); a move that fails puts the row back."""
+    def _move(self, row: FlaggedRow, dest: str, done: list[Op]) -> None:
+        """The row follows its file to `dest`, then the file moves (journalled); `done` (the history entry,
+        what an undo puts back) is written with the journal's end, and only if the file did move. A move
+        that fails puts the row back and raises."""
+        src = row.path
         if not os.path.isfile(src):
             raise ClipwatchError(f"{src} is not there any more; nothing was moved")
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        applied = self.store.apply([Rename(src, dest), JournalMove(src, dest, Action.QUARANTINE, row.sha256), *ops])
+        applied = self.store.apply([Rename(src, dest), JournalMove(src, dest, Action.QUARANTINE, row.sha256)])
         pending = PendingMove(applied.moves[dest], src, dest, Action.QUARANTINE, row.sha256)
         outcome, why = quarantine.complete(pending)
-        self.store.apply(quarantine.settle(pending, outcome))
-        if outcome not in (quarantine.Outcome.MOVED, quarantine.Outcome.ALREADY_MOVED):
+        moved = outcome in (quarantine.Outcome.MOVED, quarantine.Outcome.ALREADY_MOVED)
+        self.store.apply([*quarantine.settle(pending, outcome), *(done if moved else [])])
+        if not moved:
             raise ClipwatchError(f"moving {src} to {dest} {outcome}{': ' + why if why else ''}; the file stays")
