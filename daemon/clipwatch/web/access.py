@@ -109,7 +109,7 @@ class Access:
         if given is None:
             return None
         name, password = given
-        ok = await verify(self.users, self.throttle, _address(scope), name, password)
+        ok = await verify(self.users, self.throttle, client_address(scope), name, password)
         return THROTTLED if ok is None else name if ok else None
 
     async def _unauthenticated(self, scope: Scope, headers: dict[str, str], receive: Callable[[], Awaitable[Any]],
@@ -144,7 +144,7 @@ async def verify(users: Users, throttle: LoginThrottle, address: str, name: str,
     return ok
 
 
-def _address(scope: Scope) -> str:
+def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else ""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,11 +32,11 @@ from starlette.templating import Jinja2Templates
 from ..config import HTTPConfig
 from ..metrics import Metrics
 from ..vocab import Refusal
-from .access import Access, verify
+from .access import Access, client_address, verify
 from .api import HealthHandler, ModelGate, SearchHandler
 from .api import routes_for as api_routes
 from .calibrate import handler as calibrate_page
-from .review import Desk, ReviewPages
+from .review import Desk, ReviewPages, utc_minutes
 from .users import LoginThrottle, Users
 
 SESSION_MAX_AGE_S = 12 * 3600
@@ -62,7 +61,7 @@ def build_app(ctx: WebContext) -> Starlette:
     templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
     templates.env.globals["auth"] = users is not None
     templates.env.filters["filesize"] = _filesize
-    templates.env.filters["timestamp"] = lambda t: datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    templates.env.filters["timestamp"] = utc_minutes
     api = api_routes(ctx.search, ctx.health, ModelGate(ctx.http.search_concurrency, ctx.http.search_timeout_s),
                      ctx.http.max_body_bytes, ctx.metrics)
 
@@ -73,7 +72,7 @@ def build_app(ctx: WebContext) -> Starlette:
         form = await request.form()
         name, password = str(form.get("user", "")), str(form.get("password", ""))
         target = _local(str(form.get("next", "")))
-        ok = await verify(users, throttle, request.client.host if request.client else "", name, password) \
+        ok = await verify(users, throttle, client_address(request.scope), name, password) \
             if users is not None else False
         if ok is None:
             ctx.metrics.http_refused.labels(Refusal.THROTTLED).inc()

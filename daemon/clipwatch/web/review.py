@@ -16,7 +16,6 @@ cannot be reached answers 503 and is reconnected at the next request.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,24 +130,20 @@ class ReviewPages:
 
     async def thumb(self, request: Request) -> Response:
         found = await run_in_threadpool(self.desk.path_and_sha, int(request.path_params["id"]))
-        data = await run_in_threadpool(self.desk.thumbnails.get, *found) if found else None
-        if data is None:
-            return Response("no such image here", status_code=404, media_type="text/plain")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return _jpeg(await run_in_threadpool(self.desk.thumbnails.get, *found) if found else None,
+                     "no such image here")
 
     async def reference(self, request: Request) -> Response:
         found = await run_in_threadpool(self.desk.reference_of, int(request.path_params["id"]))
-        data = await run_in_threadpool(self.desk.thumbnails.get, *found, True) if found else None
-        if data is None:
-            return Response("no reference image for this row", status_code=404, media_type="text/plain")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return _jpeg(await run_in_threadpool(self.desk.thumbnails.get, *found, True) if found else None,
+                     "no reference image for this row")
 
     async def file(self, request: Request) -> Response:
         found = await run_in_threadpool(self.desk.path_and_sha, int(request.path_params["id"]))
-        if found is None or not self.desk.thumbnails.servable(found[0]):
+        real = self.desk.thumbnails.resolve(found[0]) if found else None
+        if real is None:
             return Response("no such image here", status_code=404, media_type="text/plain")
-        return FileResponse(os.path.realpath(found[0]), headers={"Cache-Control": "private, no-cache",
-                                                                  "Content-Disposition": "inline"})
+        return FileResponse(real, headers={"Cache-Control": "private, no-cache", "Content-Disposition": "inline"})
 
     async def decide_endpoint(self, request: Request) -> Response:
         try:
@@ -159,14 +154,10 @@ class ReviewPages:
             return JSONResponse({"error": 'expected {"ids": [...], "decision": "dismissed" | "confirmed"}'},
                                 status_code=400)
         by = request.scope.get("user") or "local"
-        try:
-            said = await run_in_threadpool(self.desk.decide, ids, decision, f"{by} (web)")
-        except StoreError as exc:
-            return JSONResponse({"error": f"the store cannot be reached: {exc}"}, status_code=503)
-        except ClipwatchError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        log.info("decided", by=by, decision=decision, ids=ids)
-        return JSONResponse({"said": said})
+        answer = await _answer(lambda: self.desk.decide(ids, decision, f"{by} (web)"), (ClipwatchError,), 404)
+        if answer.status_code == 200:
+            log.info("decided", by=by, decision=decision, ids=ids)
+        return answer
 
     async def act_endpoint(self, request: Request) -> Response:
         deed = request.url.path.rsplit("/", 1)[1]
@@ -175,14 +166,10 @@ class ReviewPages:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected {"id": N}'}, status_code=400)
         by = request.scope.get("user") or "local"
-        try:
-            said = await run_in_threadpool(self.desk.act, deed, target, f"{by} (web)")
-        except StoreError as exc:
-            return JSONResponse({"error": f"the store cannot be reached: {exc}"}, status_code=503)
-        except (ClipwatchError, OSError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
-        log.info("review_action", by=by, deed=deed, target=target)
-        return JSONResponse({"said": [said]})
+        answer = await _answer(lambda: [self.desk.act(deed, target, f"{by} (web)")], (ClipwatchError, OSError), 409)
+        if answer.status_code == 200:
+            log.info("review_action", by=by, deed=deed, target=target)
+        return answer
 
     async def history_page(self, request: Request) -> Response:
         before = request.query_params.get("before")
@@ -194,6 +181,24 @@ class ReviewPages:
         return self.templates.TemplateResponse(request, "history.html", {
             "user": request.scope.get("user", ""), "entries": entries, "undone": undone,
             "next": entries[-1].id if len(entries) == PAGE_SIZE else None})
+
+
+def _jpeg(data: bytes | None, missing: str) -> Response:
+    if data is None:
+        return Response(missing, status_code=404, media_type="text/plain")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def _answer(work: Callable[[], list[str]], refused: tuple[type[BaseException], ...], status: int) -> Response:
+    """{"said": [...]} from a decision or an action, or why not: 503 when the store cannot be reached,
+    `status` for what the action refuses (an unknown id, a file that cannot move)."""
+    try:
+        said = await run_in_threadpool(work)
+    except StoreError as exc:
+        return JSONResponse({"error": f"the store cannot be reached: {exc}"}, status_code=503)
+    except refused as exc:
+        return JSONResponse({"error": str(exc)}, status_code=status)
+    return JSONResponse({"said": said})
 
 
 def parse_query(params: Any) -> ReviewQuery:
@@ -226,7 +231,7 @@ def _pair(item: ReviewItem, thumbnails: Thumbnails) -> dict[str, Any]:
     match = None
     if r.match_id is not None and r.match_path is not None:
         match = _side(r.match_id, r.match_path, item.match_size, item.match_mtime, item.match_instance, thumbnails)
-    return {"row": r, "upload": upload, "match": match, "flagged_at": _when(r.updated_at.replace(tzinfo=UTC)),
+    return {"row": r, "upload": upload, "match": match, "flagged_at": utc_minutes(r.updated_at.replace(tzinfo=UTC)),
             "ours": r.instance == thumbnails.instance, "quarantined": not thumbnails.under_root(r.path),
             "match_movable": match is not None and match.present and item.match_instance == thumbnails.instance
             and thumbnails.under_root(match.path)}
@@ -234,9 +239,11 @@ def _pair(item: ReviewItem, thumbnails: Thumbnails) -> dict[str, Any]:
 
 def _side(row_id: int, path: str, size: int | None, mtime: float | None, instance: str | None,
           thumbnails: Thumbnails) -> Side:
-    present = thumbnails.servable(path)
-    return Side(row_id, path, size, mtime, instance, present, thumbnails.dimensions(path) if present else None)
+    real = thumbnails.resolve(path)
+    return Side(row_id, path, size, mtime, instance, real is not None, thumbnails.dimensions(real) if real else None)
 
 
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+def utc_minutes(moment: datetime | float) -> str:
+    """A date as the pages show it (a datetime in UTC, or a Unix time)."""
+    when = datetime.fromtimestamp(moment, UTC) if isinstance(moment, int | float) else moment
+    return when.strftime("%Y-%m-%d %H:%M UTC")

@@ -36,10 +36,10 @@ class Thumbnails:
         self._written = 0
         self._lock = threading.Lock()
 
-    def servable(self, path: str) -> bool:
-        """An existing regular file under a root or the quarantine, links resolved."""
-        real = os.path.realpath(path)
-        return _inside(real, self.allowed) and os.path.isfile(real)
+    def resolve(self, path: str) -> str | None:
+        """The file's real path (links resolved) if it is an existing regular file under a root or the
+        quarantine, else None: the one check before anything of a row's file is read or served."""
+        return _existing_within(path, self.allowed)
 
     def under_root(self, path: str) -> bool:
         return _inside(os.path.realpath(path), self.roots)
@@ -47,9 +47,8 @@ class Thumbnails:
     def get(self, path: str, sha256: str, reference: bool = False) -> bytes | None:
         """A JPEG thumbnail of the file, or None when it cannot be served (gone, outside, not an image).
         `reference`: a prohibited reference image, which must be under `prohibited.reference_dir` instead."""
-        real = os.path.realpath(path)
-        inside = _inside(real, self.references) if reference else _inside(real, self.allowed)
-        if not SHA256.match(sha256) or not inside or not os.path.isfile(real):
+        real = _existing_within(path, self.references if reference else self.allowed)
+        if not SHA256.match(sha256) or real is None:
             return None
         cached = self.cache_dir / sha256[:2] / f"{sha256}.jpg"
         try:
@@ -57,7 +56,7 @@ class Thumbnails:
         except OSError:
             pass
         try:
-            with open(os.path.realpath(path), "rb") as f:
+            with open(real, "rb") as f:
                 data = f.read(self.max_bytes + 1)
             if len(data) > self.max_bytes:
                 return None
@@ -70,12 +69,12 @@ class Thumbnails:
         self._store(cached, out.getvalue())
         return out.getvalue()
 
-    def dimensions(self, path: str) -> tuple[int, int] | None:
-        """Width and height as shown (EXIF rotation applied), from the header only."""
-        if not self.servable(path):
-            return None
+    @staticmethod
+    def dimensions(real: str) -> tuple[int, int] | None:
+        """Width and height as shown (EXIF rotation applied), from the header only, of a path `resolve`
+        returned."""
         try:
-            with Image.open(os.path.realpath(path)) as img:
+            with Image.open(real) as img:
                 width, height = img.size
                 turned = img.getexif().get(0x0112) in (5, 6, 7, 8)
         except Exception:  # any file a decoder chokes on is "unknown size" here
@@ -101,6 +100,11 @@ class Thumbnails:
         files = sorted(self.cache_dir.glob("??/*.jpg"), key=lambda p: p.stat().st_mtime if p.exists() else 0)
         for old in files[:max(0, len(files) - CACHE_MAX)]:
             old.unlink(missing_ok=True)
+
+
+def _existing_within(path: str, directories: Sequence[str]) -> str | None:
+    real = os.path.realpath(path)
+    return real if _inside(real, directories) and os.path.isfile(real) else None
 
 
 def _inside(real: str, directories: Sequence[str]) -> bool:
