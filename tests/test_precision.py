@@ -57,10 +57,10 @@ def test_auto_keeps_fp32_when_bf16_measures_slower(model_dir: Path, tmp_path: Pa
     # cost a second per call, as it costs there relative to fp32.
     real = Embedder._forward_pixels
 
-    def slow_bf16(self: Embedder, batch: np.ndarray) -> np.ndarray:
-        if self.precision == "bf16":
+    def slow_bf16(self: Embedder, batch: np.ndarray, wanted: str | None = None) -> np.ndarray:
+        if (wanted or self.precision) == "bf16":
             time.sleep(1.0)
-        return real(self, batch)
+        return real(self, batch, wanted)
 
     monkeypatch.setattr(Embedder, "_forward_pixels", slow_bf16)
     started = time.perf_counter()
@@ -73,9 +73,9 @@ def test_a_precision_whose_vectors_disagree_is_not_used(model_dir: Path, tmp_pat
                                                         monkeypatch: pytest.MonkeyPatch):
     real = Embedder._forward_pixels
 
-    def wrong_in_bf16(self: Embedder, batch: np.ndarray) -> np.ndarray:
-        out = real(self, batch)
-        return np.roll(out, 1, axis=1) if self.precision == "bf16" else out
+    def wrong_in_bf16(self: Embedder, batch: np.ndarray, wanted: str | None = None) -> np.ndarray:
+        out = real(self, batch, wanted)
+        return np.roll(out, 1, axis=1) if (wanted or self.precision) == "bf16" else out
 
     monkeypatch.setattr(Embedder, "_forward_pixels", wrong_in_bf16)
     assert load(model_dir, "auto").precision == "fp32"

@@ -158,15 +158,13 @@ class Embedder:
                     if self.preprocessing else None
             wanted, _, one = how.partition(":")
             count = 1 if one else precision.PROBE_BATCH
-            with self._in_precision(wanted):
-                if made["pixels"] is not None:
-                    return self._forward_pixels(made["pixels"][:count])
-                return self._encode(made["batch"][:count])
+            if made["pixels"] is not None:
+                return self._forward_pixels(made["pixels"][:count], wanted)
+            return self._encode(made["batch"][:count], wanted)
 
         def text(how: str) -> np.ndarray | None:
             try:
-                self.text_precision = how
-                return self.embed_texts(["a photo of a bicycle leaning on a wall", "a red car"])
+                return self._encode(["a photo of a bicycle leaning on a wall", "a red car"], how)
             except Exception:  # a model without a text tower: texts stay in fp32
                 return None
 
@@ -178,14 +176,6 @@ class Embedder:
         log.info("model_precision_chosen", precision=self.precision, texts=self.text_precision,
                  setting=self.precision_setting, seconds=round(time.perf_counter() - started, 3),
                  figures=figures or None)
-
-    @contextlib.contextmanager
-    def _in_precision(self, wanted: str) -> Any:
-        previous, self.precision = self.precision, wanted
-        try:
-            yield
-        finally:
-            self.precision = previous
 
     def _fast_path(self) -> Preprocessing | None:
         """Our preprocessing, if the model's image processor is one it reproduces and the model's forward
@@ -266,8 +256,9 @@ class Embedder:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def _forward_pixels(self, batch: np.ndarray) -> np.ndarray:
-        """The model's own forward on an (n, 3, H, W) float32 batch of preprocessed pixels."""
+    def _forward_pixels(self, batch: np.ndarray, wanted: str | None = None) -> np.ndarray:
+        """The model's own forward on an (n, 3, H, W) float32 batch of preprocessed pixels, in the chosen
+        precision (or `wanted`, while it is being chosen)."""
         import torch
 
         pixels = torch.from_numpy(batch)
@@ -276,7 +267,7 @@ class Embedder:
         features = {k: (v * len(batch) if isinstance(v, list) and len(v) == 1 else v)
                     for k, v in self._features.items()}
         features["pixel_values"] = pixels
-        with self._lock, torch.inference_mode(), self._autocast():
+        with self._lock, torch.inference_mode(), self._autocast(wanted):
             out = self._model.forward(features)["sentence_embedding"]
             out = torch.nn.functional.normalize(out.float(), dim=-1)
         return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)

@@ -20,6 +20,7 @@ import platform
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,13 @@ def machine_key(model: str, device: str, threads: int) -> str:
     return "|".join([cpu, ",".join(flags), torch.__version__, model, device, gpu, str(threads)])
 
 
+@dataclass(frozen=True)
 class Probe:
-    """Runs the model on a fixed probe batch (and a text) in a given precision: `run(p)` -> vectors."""
+    """The model on a fixed probe batch in a given precision (`images("bf16")`, or `images("bf16:one")`
+    for its first image alone), and on a probe text (None when the model has no text tower)."""
 
-    def __init__(self, images: Callable[[str], np.ndarray], text: Callable[[str], np.ndarray | None]) -> None:
-        self.images, self.text = images, text
+    images: Callable[[str], np.ndarray]
+    text: Callable[[str], np.ndarray | None]
 
 
 def choose(setting: str, device: str, probe: Probe, cache: Path | None, key: str) -> tuple[str, dict[str, Any]]:
