@@ -169,7 +169,8 @@ class Embedder:
                 return None
 
         cache = Path(self.choice_cache) if self.choice_cache else None
-        key = precision.machine_key(self.identity, self.device, torch.get_num_threads())
+        key = (precision.machine_key(self.identity, self.device, torch.get_num_threads())
+               if self.precision_setting == "auto" else "")  # only `auto` looks up or keeps a choice
         probe = precision.Probe(images, text)
         self.precision, figures = precision.choose(self.precision_setting, self.device, probe, cache, key)
         self.text_precision = precision.for_texts(probe, self.precision)

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import bcrypt
+from limits import RateLimitItemPerMinute, storage, strategies
 
 from ..errors import ConfigError
 from ..logs import get_logger
@@ -138,8 +139,6 @@ class LoginThrottle:
     PER_NAME, PER_ADDRESS = 5, 20
 
     def __init__(self) -> None:
-        from limits import RateLimitItemPerMinute, storage, strategies
-
         self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
         self._per_name = RateLimitItemPerMinute(self.PER_NAME, 10)
         self._per_address = RateLimitItemPerMinute(self.PER_ADDRESS, 10)
