@@ -204,7 +204,7 @@ class ActionRecord:
 
 @dataclass(frozen=True)
 class RecordAction:
-    """Add to the history; a row id left None is the id of the row upserted at `dest` in this batch."""
+    """Add to the history."""
 
     action: ActionRecord
 

@@ -212,10 +212,9 @@ class SQLBase(Store):
                             (o.status, o.match_id, o.score, o.label, o.row_id))
             elif isinstance(o, RecordAction):
                 a = o.action
-                row_id = a.row_id if a.row_id is not None else applied.ids.get(a.dest or "")
                 cur.execute(f"INSERT INTO {self.actions_table} (instance, deed, row_id, path, dest, restore, undoes, "
                             f"decided_by, decided_at) VALUES ({self._marks(8)}, {self.NOW})",
-                            (self.instance, a.deed, row_id, a.path, a.dest, a.restore, a.undoes, a.decided_by))
+                            (self.instance, a.deed, a.row_id, a.path, a.dest, a.restore, a.undoes, a.decided_by))
                 applied.actions.append(int(cur.lastrowid))
             elif isinstance(o, ForgetDecision):
                 cur.execute(f"SELECT MAX(id) FROM {self.decisions_table} WHERE row_id = {p} AND decision = {p}",
