@@ -107,3 +107,27 @@ def test_without_the_fast_path_images_go_through_the_library_bounded_in_size(mod
     a = library.embed_images([prepared])[0]
     b = fast.embed_images([fast.prepare(data, 64_000_000)])[0]
     assert float(a @ b) >= 0.99
+
+
+@pytest.mark.parametrize(("precision", "minimum"), [("bf16", 0.999), ("int8", 0.995)])
+def test_reduced_precision_vectors_agree_with_fp32_on_the_test_images(model_224: Path, precision: str,
+                                                                      minimum: float):
+    """What `model.precision` may choose on a CPU (issue 12): bf16 weights, or int8 dynamic quantization of
+    the vision tower, against fp32 on the same prepared pixels; through the library's path too."""
+    fp32 = Embedder(str(model_224), device="cpu", precision="fp32")
+    fp32.load()
+    reduced = Embedder(str(model_224), device="cpu", precision=precision)
+    reduced.load()
+    assert reduced.precision == precision
+    files = [photo(w, h, seed, fmt, orientation) for seed, (w, h, fmt, orientation) in enumerate(CASES.values())]
+    pixels = [fp32.prepare(data, 64_000_000) for data in files]
+    a, b = fp32.embed_images(pixels), reduced.embed_images(pixels)
+    agreement = dict(zip(CASES, (float(x @ y) for x, y in zip(a, b, strict=True)), strict=True))
+    print(f"cosine {precision} vs fp32:", {k: round(v, 5) for k, v in agreement.items()})
+    assert min(agreement.values()) >= minimum, agreement
+    assert not np.array_equal(a, b)  # it did run in the reduced precision
+    library = Embedder(str(model_224), device="cpu", precision=precision, fast_preprocessing=False)
+    library.load()
+    assert library.precision == precision
+    c = library.embed_images([library.prepare(files[2], 64_000_000)])[0]
+    assert c.dtype == np.float32 and float(c @ a[2]) >= 0.99

@@ -51,7 +51,7 @@ class ModelConfig:
     decode_workers: int = 0
     cache_dir: str = ""
     max_image_pixels: int = 64_000_000
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: measured at load (precision.py)
+    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = "auto"  # auto: measured at load (precision.py)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ when the model's image processor is one `imaging.Preprocessing` reproduces (CLIP
 straight into the model's own `forward`, skipping the library's per-image preprocessing. Otherwise images
 go through `SentenceTransformer.encode` as PIL images.
 
-The precision (fp32, bf16, fp16 on CUDA) is chosen at load by measurement (`precision.py`) and applied as
-autocast around each forward pass; vectors come out float32 either way. On CUDA a batch is copied from
-pinned memory. The CUDA path cannot run on the machines this project is built on (no GPU): it is kept
-small, and `cuda` without a GPU falls back to CPU.
+The precision is chosen at load by measurement (`precision.py`). On the CPU, bf16 and int8 are copies of
+the model whose vision tower is converted (bf16 weights; int8 dynamic quantization of its linear layers),
+built only while probing or once chosen; the copy then replaces the fp32 model (its text tower stays
+fp32 weights). On CUDA, fp16 and bf16 are autocast around the forward pass, and a batch is copied from
+pinned memory. Vectors come out float32 either way. The CUDA path cannot run on the machines this
+project is built on (no GPU): it is kept small, and `cuda` without a GPU falls back to CPU.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class Embedder:
         self.preprocessing: Preprocessing | None = None  # set by load() when the fast path applies
         self._fast_wanted = fast_preprocessing
         self._features: dict[str, Any] = {}  # what the model's preprocess() gives for one image, minus pixels
-        self._model: Any = None  # a SentenceTransformer, once loaded
+        self._model: Any = None  # a SentenceTransformer, once loaded (after the choice: in its precision)
+        self._variants: dict[str, Any] = {}  # while probing: CPU copies of the model in bf16 / int8
         self._lock = threading.Lock()  # the worker, the reference refresh and searches share one model
         self.precision_setting = precision  # "auto", "fp32", "bf16" or "fp16"
         self.precision = "fp32"  # what runs, once loaded
@@ -160,7 +163,7 @@ class Embedder:
             count = 1 if one else precision.PROBE_BATCH
             if made["pixels"] is not None:
                 return self._forward_pixels(made["pixels"][:count], wanted)
-            return self._encode(made["batch"][:count], wanted)
+            return self._library_images(made["batch"][:count], wanted)
 
         def text(how: str) -> np.ndarray | None:
             try:
@@ -172,11 +175,20 @@ class Embedder:
         key = (precision.machine_key(self.identity, self.device, torch.get_num_threads())
                if self.precision_setting == "auto" else "")  # only `auto` looks up or keeps a choice
         probe = precision.Probe(images, text)
-        self.precision, figures = precision.choose(self.precision_setting, self.device, probe, cache, key)
-        self.text_precision = precision.for_texts(probe, self.precision)
+        try:
+            self.precision, figures = precision.choose(self.precision_setting, self.device, probe, cache, key)
+            self.text_precision = precision.for_texts(probe, self.precision)
+        finally:  # the chosen copy replaces the fp32 model (its text tower is fp32); the others are dropped
+            chosen = self._variants.pop(self.precision, None)
+            self._variants.clear()
+        chose_s, started = time.perf_counter() - started, time.perf_counter()
+        if chosen is not None:
+            self._model = chosen
+        elif self.precision in ("bf16", "int8") and not self.device.startswith("cuda"):  # chosen from the cache
+            self._model = converted(self._model, self.precision, in_place=True)
         log.info("model_precision_chosen", precision=self.precision, texts=self.text_precision,
-                 setting=self.precision_setting, seconds=round(time.perf_counter() - started, 3),
-                 figures=figures or None)
+                 setting=self.precision_setting, seconds=round(chose_s, 3),
+                 converted_s=round(time.perf_counter() - started, 3), figures=figures or None)
 
     def _fast_path(self) -> Preprocessing | None:
         """Our preprocessing, if the model's image processor is one it reproduces and the model's forward
@@ -192,7 +204,7 @@ class Embedder:
             features = dict(self._model.preprocess([probe]))
             features.pop("pixel_values")
             self._features = features
-            reference = self._encode([probe])[0]
+            reference = self._library_images([probe])[0]
             fast = self._forward_pixels(prep.pixels(probe)[None])[0]
         except Exception as exc:
             log.info("fast_preprocessing_unavailable", reason=f"{type(exc).__name__}: {_first_line(exc)}")
@@ -238,53 +250,124 @@ class Embedder:
         """One forward pass for the whole list (PIL images, or arrays from `prepare`); returns an
         (n, dimension) float32 array of unit vectors."""
         if self.preprocessing is None:
-            return self._encode([i if isinstance(i, Image.Image) else _unexpected(i) for i in images])
+            return self._library_images([i if isinstance(i, Image.Image) else _unexpected(i) for i in images])
         if not images:
             return np.zeros((0, self.dimension), np.float32)
         prep = self.preprocessing
         return self._forward_pixels(np.stack([prep.pixels(i) if isinstance(i, Image.Image) else i for i in images]))
 
-    def _autocast(self, wanted: str | None = None) -> Any:
-        """The chosen precision around a forward pass: bf16 autocast (CPU or CUDA), fp16 autocast (CUDA;
-        untested here: no GPU), or nothing (fp32)."""
+    def _autocast(self, wanted: str, texts: bool = False) -> Any:
+        """Autocast where the precision needs it: bf16 and fp16 on CUDA (untested here: no GPU), and bf16
+        texts on the CPU (the text tower keeps fp32 weights). CPU images need none: their copy converts."""
         import torch
 
-        device = "cuda" if self.device.startswith("cuda") else "cpu"
-        wanted = wanted or self.precision
-        if wanted == "bf16":
-            return torch.autocast(device, dtype=torch.bfloat16)
-        if wanted == "fp16" and device == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
+        if self.device.startswith("cuda") and wanted in ("bf16", "fp16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if wanted == "bf16" else torch.float16)
+        if wanted == "bf16" and texts:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _model_for(self, wanted: str) -> Any:
+        """The model to run `wanted` in: while probing on the CPU, a converted copy (built once); else the
+        model (after the choice, the chosen copy: its text tower is fp32, so texts run in it too)."""
+        if self.device.startswith("cuda") or wanted == "fp32" or self.precision == wanted:
+            return self._model
+        if wanted not in self._variants:
+            self._variants[wanted] = converted(self._model, wanted)
+        return self._variants[wanted]
+
     def _forward_pixels(self, batch: np.ndarray, wanted: str | None = None) -> np.ndarray:
-        """The model's own forward on an (n, 3, H, W) float32 batch of preprocessed pixels, in the chosen
-        precision (or `wanted`, while it is being chosen)."""
+        """The model's own forward on an (n, 3, H, W) float32 batch of our preprocessed pixels, in the
+        chosen precision (or `wanted`, while it is being chosen)."""
         import torch
 
-        pixels = torch.from_numpy(batch)
-        if self.device.startswith("cuda"):  # untested here (no GPU): see docs/benchmarks.md
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         features = {k: (v * len(batch) if isinstance(v, list) and len(v) == 1 else v)
                     for k, v in self._features.items()}
-        features["pixel_values"] = pixels
+        features["pixel_values"] = torch.from_numpy(batch)
+        return self._forward(features, wanted)
+
+    def _library_images(self, images: list[Image.Image], wanted: str | None = None) -> np.ndarray:
+        """The library's own preprocessing (what `encode` does for images), then the same forward."""
+        if self._model is None:
+            raise RuntimeError("Embedder.load() was not called")
+        return self._forward(dict(self._model.preprocess(images)), wanted)
+
+    def _forward(self, features: dict[str, Any], wanted: str | None) -> np.ndarray:
+        """One forward pass of image features; pixels cast to what the vision tower takes (bf16 for a
+        bf16 copy). Unit float32 vectors out."""
+        import torch
+
+        wanted = wanted or self.precision
         with self._lock, torch.inference_mode(), self._autocast(wanted):
-            out = self._model.forward(features)["sentence_embedding"]
+            model = self._model_for(wanted)
+            for k, v in features.items():
+                if isinstance(v, torch.Tensor):
+                    if self.device.startswith("cuda"):  # untested here (no GPU): see docs/benchmarks.md
+                        v = (v.pin_memory() if k == "pixel_values" else v).to(self.device, non_blocking=True)
+                    features[k] = v.to(_input_dtype(model)) if k == "pixel_values" else v
+            out = model.forward(features)["sentence_embedding"]
             out = torch.nn.functional.normalize(out.float(), dim=-1)
         return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(list(texts), self.text_precision)
 
-    def _encode(self, items: list[Image.Image] | list[str], wanted: str | None = None) -> np.ndarray:
+    def _encode(self, texts: list[str], wanted: str) -> np.ndarray:
+        """Texts through the library's `encode`, in the model holding the images' precision (its text tower
+        is fp32 weights); `wanted` bf16 or fp16 runs the text tower under autocast."""
         import torch
 
         if self._model is None:
             raise RuntimeError("Embedder.load() was not called")
-        with self._lock, torch.inference_mode(), self._autocast(wanted):
-            vectors = self._model.encode(items, batch_size=max(len(items), 1), convert_to_numpy=True,
+        with self._lock, torch.inference_mode(), self._autocast(wanted, texts=True):
+            vectors = self._model.encode(texts, batch_size=max(len(texts), 1), convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _clip_module(model: Any) -> Any:
+    """The module holding the vision tower (transformers' CLIPModel inside the SentenceTransformer)."""
+    found = next((m for m in model.modules() if hasattr(m, "vision_model")), None)
+    if found is None:
+        raise ValueError("the model has no vision_model to convert")
+    return found
+
+
+def _input_dtype(model: Any) -> Any:
+    """The dtype the vision tower takes its pixels in (bf16 for a bf16 copy; else float32)."""
+    import torch
+
+    try:
+        return next(_clip_module(model).vision_model.parameters()).dtype
+    except (ValueError, StopIteration):
+        return torch.float32
+
+
+def converted(model: Any, how: str, in_place: bool = False) -> Any:
+    """A copy of the model (or the model itself, `in_place`) whose vision tower runs in bf16 weights (with
+    its projection), or in int8 (torch's dynamic quantization of the vision transformer's linear layers:
+    int8 weights, activations quantized per batch; the small projection stays fp32). The text tower stays
+    fp32. Raises if there is no vision tower."""
+    import copy
+    import warnings
+
+    import torch
+
+    root = model if in_place else copy.deepcopy(model)
+    clip = _clip_module(root)
+    tower = {name for name in ("vision_model", "visual_projection") if getattr(clip, name, None) is not None}
+    if how == "bf16":
+        for name in tower:
+            getattr(clip, name).to(torch.bfloat16)
+    elif how == "int8":
+        with warnings.catch_warnings():  # torch deprecates eager-mode quantization for torchao: docs/benchmarks.md
+            warnings.simplefilter("ignore")
+            # by type on the vision transformer itself: the same spec by module names ran 30% slower here
+            torch.ao.quantization.quantize_dynamic(clip.vision_model, {torch.nn.Linear}, dtype=torch.qint8,
+                                                   inplace=True)  # type: ignore[no-untyped-call]
+    else:
+        raise ValueError(f"no converted copy for {how!r}")
+    return root
 
 
 def _probe_image(seed: int) -> Image.Image:

@@ -70,7 +70,7 @@ class Metrics:
         self.http_refused = Counter("clipwatch_http_refused_total",
                                     "Requests the HTTP endpoint refused, by why (unauthenticated, throttled, "
                                     "cross_site, off, too_large, busy, too_slow)", ["reason"], registry=r)
-        self.precision = Gauge("clipwatch_model_precision", "1 for the precision the model runs in (fp32, bf16, "
+        self.precision = Gauge("clipwatch_model_precision", "1 for the precision the model runs in (fp32, bf16, int8, "
                                "fp16; model.precision = auto measures which is fastest at start)", ["precision"],
                                registry=r)
         self.searches = Histogram("clipwatch_search_duration_seconds", "Time to answer POST /search",
@@ -90,7 +90,7 @@ class Metrics:
             self.errors.labels(stage, reason)
 
     def running_precision(self, running: str) -> None:
-        for name in ("fp32", "bf16", "fp16"):
+        for name in ("fp32", "bf16", "int8", "fp16"):
             self.precision.labels(name).set(1 if name == running else 0)
 
     def error(self, stage: Stage, reason: Reason) -> None:

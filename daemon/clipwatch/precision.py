@@ -1,11 +1,13 @@
 """Which precision the model runs in: measured on this machine, not assumed.
 
-CPUs with bf16 matrix units (AVX-512 BF16, AMX) run CLIP several times faster in bf16 than in fp32; CPUs
-without them run bf16 several times *slower* (measured on this project's machines: 101 against 28 img/s
-on one, 1.7 against 12 on another). So `model.precision = "auto"` times a probe batch in each precision
+CPUs with AMX run CLIP several times faster in bf16 than in fp32; CPUs without bf16 units run bf16 several
+times *slower*, and int8 (dynamic quantization, VNNI) was the fastest on one without AMX (measured on this
+project's machines: bf16 128 against 28 img/s on one; 1.7 against 12 on another; int8 73, bf16 17, fp32
+25 on a third: docs/benchmarks.md). So `model.precision = "auto"` times a probe batch in each precision
 the device supports, keeps a precision only if its image vectors agree with fp32's (cosine >=
-`AGREEMENT_MIN`), and picks the fastest. Text vectors (prompts, `search --text`) get the same precision
-if a probe text agrees as closely too, else fp32 (texts are few: their precision costs nothing). The
+`AGREEMENT_MIN[precision]`), and picks the fastest. Text vectors (prompts, `search --text`) get the same
+float precision if a probe text agrees as closely too, else fp32 (texts are few: their precision costs
+nothing; int8 quantizes the vision tower only). The
 choice is cached (keyed by the CPU model and its relevant flags, torch's version, the model, the device
 and the thread count), so later starts skip the probe. A precision given explicitly is checked for
 agreement the same way, and fp32 is used if it fails. Vectors are always returned as float32 unit
@@ -29,7 +31,7 @@ import numpy as np
 from .logs import get_logger
 
 log = get_logger(__name__)
-AGREEMENT_MIN = 0.999
+AGREEMENT_MIN = {"fp32": 1.0, "bf16": 0.999, "fp16": 0.999, "int8": 0.995}  # cosine to fp32 on the probe
 PROBE_BATCH = 4
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -39,7 +41,8 @@ def supported(device: str) -> list[str]:
 
     if device.startswith("cuda"):
         return ["fp32", "fp16", *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
-    return ["fp32", "bf16"]
+    quantized = {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines)
+    return ["fp32", "bf16", *(["int8"] if quantized and hasattr(torch, "ao") else [])]
 
 
 def machine_key(model: str, device: str, threads: int) -> str:
@@ -70,8 +73,15 @@ def choose(setting: str, device: str, probe: Probe, cache: Path | None, key: str
         if setting not in available:
             log.warning("model_precision_unavailable", asked=setting, device=device, using="fp32")
             return "fp32", {}
-        if setting != "fp32" and _agreement(probe, setting, probe.images("fp32")) < AGREEMENT_MIN:
-            log.warning("model_precision_disagrees", asked=setting, using="fp32", minimum=AGREEMENT_MIN)
+        try:
+            agreement = _agreement(probe, setting, probe.images("fp32")) if setting != "fp32" else 1.0
+        except Exception as exc:  # the model cannot be converted (no vision tower)
+            log.warning("model_precision_unavailable", asked=setting, using="fp32",
+                        reason=f"{type(exc).__name__}: {exc}")
+            return "fp32", {}
+        if agreement < AGREEMENT_MIN[setting]:
+            log.warning("model_precision_disagrees", asked=setting, using="fp32", minimum=AGREEMENT_MIN[setting],
+                        cosine_min=round(agreement, 6))
             return "fp32", {}
         return setting, {}
     cached = _read(cache).get(key)
@@ -87,13 +97,19 @@ def choose(setting: str, device: str, probe: Probe, cache: Path | None, key: str
 def measure(probe: Probe, available: list[str]) -> dict[str, dict[str, Any]]:
     """img/s per precision on the probe batch. A precision whose first image alone takes longer than the
     whole fp32 batch is slower for certain: it is not timed further (on a CPU without bf16 units, a full
-    bf16 batch would cost seconds at every first start)."""
+    bf16 batch would cost seconds at every first start). A precision the model cannot be converted to
+    (no vision tower to convert) is left out, with the reason."""
     probe.images("fp32")  # warm-up: the first call pays for allocations
     started = time.perf_counter()
     reference = probe.images("fp32")
     fp32_s = time.perf_counter() - started
     figures: dict[str, dict[str, Any]] = {"fp32": {"img_per_s": round(PROBE_BATCH / fp32_s, 1)}}
     for precision in available[1:]:
+        try:
+            probe.images(precision + ":one")  # builds the converted copy (untimed)
+        except Exception as exc:
+            figures[precision] = {"img_per_s": 0.0, "note": f"{type(exc).__name__}: {exc}"}
+            continue
         started = time.perf_counter()
         probe.images(precision + ":one")  # warm-up on one image, timed
         if time.perf_counter() - started > fp32_s:
@@ -104,7 +120,7 @@ def measure(probe: Probe, available: list[str]) -> dict[str, dict[str, Any]]:
         seconds = time.perf_counter() - started
         agreement = _agreement(probe, precision, reference)
         figures[precision] = {"img_per_s": round(PROBE_BATCH / seconds, 1), "cosine_min": round(agreement, 6),
-                              "agrees": agreement >= AGREEMENT_MIN}
+                              "agrees": agreement >= AGREEMENT_MIN[precision]}
     return figures
 
 
@@ -113,14 +129,15 @@ def _agreement(probe: Probe, precision: str, reference: np.ndarray) -> float:
 
 
 def for_texts(probe: Probe, precision: str) -> str:
-    """The precision for text vectors: the images' one if a probe text agrees with fp32, else fp32."""
-    if precision == "fp32":
+    """The precision for text vectors: the images' float precision if a probe text agrees with fp32,
+    else fp32 (int8 converts the vision tower only)."""
+    if precision not in ("bf16", "fp16"):
         return "fp32"
     reference, vectors = probe.text("fp32"), probe.text(precision)
     if reference is None or vectors is None:
         return "fp32"
     agreement = float(np.min(np.sum(reference * vectors, axis=1)))
-    return precision if agreement >= AGREEMENT_MIN else "fp32"
+    return precision if agreement >= AGREEMENT_MIN[precision] else "fp32"
 
 
 def _read(cache: Path | None) -> dict[str, Any]:
