@@ -180,3 +180,77 @@ def test_the_worker_survives_an_unexpected_error_and_goes_on(harness: Harness):
     assert list(harness.rows()) == [str(harness.root / "b.jpg")]
     assert harness.metrics.registry.get_sample_value(
         "clipwatch_errors_total", {"stage": "worker", "reason": "unexpected"}) == 1
+
+
+def test_decode_workers_follow_the_measured_costs_of_the_model_and_of_the_files_arriving():
+    """model.decode_workers = 0 on 2 cores: k = ceil(C d / (m + d)) files decode at once, following the mix."""
+    from prometheus_client import CollectorRegistry
+
+    from clipwatch.batcher import DecodeSizer
+    from clipwatch.metrics import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    sizer = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=metrics)
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value("clipwatch_decode_workers")
+
+    assert (sizer.limit, sizer.capacity, gauge()) == (1, 2, 1)  # one per two cores until measured
+    sizer.embedded(0.256, 32)  # a fast model: 16 core-ms per image (bf16 on an AMX CPU)
+    sizer.decoded([0.035] * 32)  # 12 MP photos: 35 ms each
+    assert (sizer.limit, gauge()) == (2, 2)  # the model alone would wait for one decode thread
+    for _ in range(20):  # the mix turns to web-size JPEGs: 6 ms each
+        sizer.decoded([0.006] * 32)
+    assert (sizer.limit, gauge()) == (1, 1)
+    slow = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
+    slow.embedded(2.4, 32)  # fp32 on the CPU: 150 core-ms per image
+    slow.decoded([0.035] * 32)
+    assert slow.limit == 1  # the cores are the model's: a second decode thread would only take from it
+    fixed = DecodeSizer(cores=2, fixed=3, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
+    fixed.embedded(0.256, 32)
+    fixed.decoded([0.006] * 32)
+    assert (fixed.limit, fixed.capacity) == (3, 3)  # model.decode_workers = 3 is kept
+    gpu = DecodeSizer(cores=2, fixed=0, gpu=True, model_threads=2, metrics=Metrics(CollectorRegistry()))
+    gpu.decoded([0.035] * 32)
+    assert gpu.limit == 2  # the model takes no cores: all of them decode
+
+
+def test_no_more_files_decode_at_once_than_the_sizer_allows_and_a_raise_lets_them_in():
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from clipwatch.batcher import DecodeSizer
+    from clipwatch.metrics import Metrics
+    from conftest import wait_until
+
+    sizer = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
+    inside, release = [], threading.Event()
+
+    def decode(name: str) -> None:
+        with sizer.slot():
+            inside.append(name)
+            release.wait(10)
+
+    threads = [threading.Thread(target=decode, args=(n,), daemon=True) for n in "ab"]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(inside) == 1, what="one file decoding")
+    time.sleep(0.2)  # the second must still be waiting: nothing changes the limit meanwhile
+    assert len(inside) == 1
+    sizer.embedded(0.256, 32)
+    sizer.decoded([0.035] * 32)  # the measured costs now call for two
+    wait_until(lambda: len(inside) == 2, what="the second file let in")
+    release.set()
+    for t in threads:
+        t.join(5)
+
+
+def test_each_loaded_file_carries_its_decode_cpu_time_and_the_gauge_is_exported(harness: Harness):
+    files = [write_image(harness.root / f"img{i:02}.jpg", seed=i, size=(640, 480)) for i in range(4)]
+    loaded = [harness.worker.batcher.load(str(f)) for f in files]
+    assert all(f.cpu_s > 0 and f.pixels is not None for f in loaded)
+    harness.upsert(*files)
+    sizer = harness.worker.batcher.sizer
+    assert sizer.decode_s is not None and sizer.model_s is not None  # measured from the batch just ingested
+    assert harness.metrics.registry.get_sample_value("clipwatch_decode_workers") == sizer.limit

@@ -2,19 +2,22 @@
 
 A batch is up to `model.batch_size` changes, or fewer when `model.max_wait_ms` passes after the first one
 arrived. The batcher runs in a thread of its own (`feed`) and hands each upserted file to the decode pool
-(`model.decode_workers` threads) the moment it takes it: read once, sha256, pixels (`load`). So while the
-model embeds one batch, the next one is read and decoded. Every file is decoded ahead, also one that turns
-out unchanged: decoding runs beside the model, and asking the store first would stall it.
+the moment it takes it: read once, sha256, pixels (`load`). So while the model embeds one batch, the next
+one is read and decoded. Every file is decoded ahead, also one that turns out unchanged: decoding runs
+beside the model, and asking the store first would stall it. How many files decode at once is
+`model.decode_workers`, or, at 0, what `DecodeSizer` measures the machine needs.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .changes import Change
@@ -22,9 +25,11 @@ from .config import Config
 from .embedder import Embedder, Prepared, cpu_count
 from .errors import FileRejected
 from .files import PathFilter, read_file
+from .logs import get_logger
 from .metrics import Metrics
 from .vocab import ChangeKind, Reason
 
+log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Loaded:
@@ -38,6 +43,7 @@ class Loaded:
     decode_error: FileRejected | None = None  # readable, but not an image the model can take
     read_s: float = 0.0
     decode_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the decode thread for this file (read, hash, decode)
 
 
 # A batch as the batcher hands it over: its changes, and each upserted file loading in the decode pool.
@@ -50,8 +56,9 @@ class Batcher:
         self.config, self.changes, self.embedder, self.paths, self.metrics = config, changes, embedder, paths, metrics
         self.batch_size = config.model.batch_size
         self.max_wait_s = config.model.max_wait_ms / 1000
-        self.decode_workers = config.model.decode_workers or auto_decode_workers(embedder.device)
-        self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode")
+        self.sizer = DecodeSizer(cpu_count(), config.model.decode_workers, embedder.device.startswith("cuda"),
+                                 embedder.threads or cpu_count(), metrics)
+        self._pool = ThreadPoolExecutor(self.sizer.capacity, thread_name_prefix="decode")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -100,7 +107,14 @@ class Batcher:
         return batch, loads
 
     def load(self, path: str) -> Loaded:
-        """Read a file once, hash it and prepare its pixels (in a decode thread). Never raises."""
+        """Read a file once, hash it and prepare its pixels (in a decode thread, when the sizer lets one
+        more file decode). Never raises."""
+        with self.sizer.slot():
+            cpu = time.thread_time()
+            loaded = self._load(path)
+            return replace(loaded, cpu_s=time.thread_time() - cpu)
+
+    def _load(self, path: str) -> Loaded:
         started = time.perf_counter()
         try:
             if not self.paths.resolves_inside(path):
@@ -131,7 +145,67 @@ def _put(q: queue.Queue[Any], item: Any, stopping: Callable[[], bool]) -> None:
             continue
 
 
-def auto_decode_workers(device: str) -> int:
-    """On the CPU the model takes every core: half of them decode (at least one). A GPU needs feeding."""
-    cores = cpu_count()
-    return max(cores, 2) if device.startswith("cuda") else max(1, cores // 2)
+class DecodeSizer:
+    """How many files are read and decoded at once.
+
+    `model.decode_workers` > 0 fixes it. At 0 (the default) on the CPU, it follows measurement: the model
+    and the decoding share the cores. An image costs the model m core-seconds (embed time x torch threads
+    / images) and a file costs d CPU-seconds in its decode thread (read, hash, decode). C cores then do at
+    most C / (m + d) images/s, and the decoding keeps up with that only with k = ceil(C d / (m + d)) files
+    decoding at once (between 1 and C): more would only take cores from the model. Both costs are running
+    averages over recent batches, so k follows the mix as it changes (web images: 1 on 2 cores; 12 MP
+    photos beside a fast model: 2). It starts at one per two cores, until the first batch is measured.
+    With a GPU the model takes no cores: every core decodes (at least 2).
+    """
+
+    SMOOTHING = 0.3  # weight of the newest batch in the running averages
+
+    def __init__(self, cores: int, fixed: int, gpu: bool, model_threads: int, metrics: Metrics) -> None:
+        self.cores, self.model_threads, self.metrics = cores, model_threads, metrics
+        self.adaptive = not fixed and not gpu
+        self.capacity = fixed or max(cores, 2)  # threads in the pool; `limit` of them decode at once
+        self.limit = fixed or (self.capacity if gpu else max(1, cores // 2))
+        self.model_s: float | None = None  # core-seconds per image
+        self.decode_s: float | None = None  # CPU seconds per file
+        self._busy = 0
+        self._changed = threading.Condition()
+        metrics.decode_workers.set(self.limit)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._busy < self.limit)
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy -= 1
+                self._changed.notify()
+
+    def decoded(self, cpu_seconds: list[float]) -> None:
+        if cpu_seconds:
+            self.decode_s = self._average(self.decode_s, sum(cpu_seconds) / len(cpu_seconds))
+            self._resize()
+
+    def embedded(self, seconds: float, images: int) -> None:
+        if images:
+            self.model_s = self._average(self.model_s, seconds * self.model_threads / images)
+            self._resize()
+
+    def _average(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.SMOOTHING) * old + self.SMOOTHING * new
+
+    def _resize(self) -> None:
+        if not self.adaptive or self.model_s is None or self.decode_s is None:
+            return
+        wanted = math.ceil(self.cores * self.decode_s / (self.model_s + self.decode_s))
+        wanted = min(max(wanted, 1), self.capacity)
+        if wanted != self.limit:
+            log.info("decode_workers_sized", workers=wanted, was=self.limit, cores=self.cores,
+                     model_core_ms_per_image=round(self.model_s * 1000, 1),
+                     decode_cpu_ms_per_file=round(self.decode_s * 1000, 1))
+            with self._changed:
+                self.limit = wanted
+                self._changed.notify_all()
+            self.metrics.decode_workers.set(wanted)

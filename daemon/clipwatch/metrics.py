@@ -43,7 +43,7 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.pixel_wait = Counter("clipwatch_model_waiting_for_pixels_seconds_total",
                                   "Time the model thread waited for a batch's files to be read and decoded "
-                                  "(high while files are queued: raise model.decode_workers)", registry=r)
+                                  "(high while files are queued: decoding is the bottleneck)", registry=r)
         self.in_flight = Gauge("clipwatch_batch_in_flight", "Changes in the batch the worker is processing now",
                                registry=r)
         self.latency = Histogram("clipwatch_ingest_latency_seconds",
@@ -70,6 +70,8 @@ class Metrics:
         self.http_refused = Counter("clipwatch_http_refused_total",
                                     "Requests the HTTP endpoint refused, by why (unauthenticated, throttled, "
                                     "cross_site, off, too_large, busy, too_slow)", ["reason"], registry=r)
+        self.decode_workers = Gauge("clipwatch_decode_workers", "Files read and decoded at once (model.decode_workers, "
+                                    "or at 0 sized from the measured model and decode costs)", registry=r)
         self.precision = Gauge("clipwatch_model_precision", "1 for the precision the model runs in (fp32, bf16, int8, "
                                "fp16; model.precision = auto measures which is fastest at start)", ["precision"],
                                registry=r)

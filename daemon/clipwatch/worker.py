@@ -166,6 +166,7 @@ class Worker:
         done = [f for f in loaded if f is not None]
         self.metrics.stage_seconds.labels(Stage.READ).observe(sum(f.read_s for f in done))
         self.metrics.stage_seconds.labels(Stage.DECODE).observe(sum(f.decode_s for f in done))
+        self.batcher.sizer.decoded([f.cpu_s for f in done])
         return loaded
 
     def _gone(self, batch: list[Change], same_bytes: Mapping[str, Sequence[SameBytes]]) -> frozenset[str]:
@@ -209,7 +210,9 @@ class Worker:
         with self.metrics.stage_seconds.labels(Stage.EMBED).time():
             try:
                 self.metrics.model_calls.inc()
+                started = time.perf_counter()
                 vectors = self.embedder.embed_images([e.pixels for e in pending])  # type: ignore[misc]
+                self.batcher.sizer.embedded(time.perf_counter() - started, len(pending))
                 return {e.key: v for e, v in zip(pending, vectors, strict=True)}
             except Exception:
                 log.warning("batch_embed_failed", files=len(pending), action="retrying one by one", exc_info=True)
