@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 from ingest import CACHE, RESULTS, image_set, model_ceiling, naive_recipe, result, say, scan_rate
-from structlog.testing import capture_logs
 
 from clipwatch import precision
 from clipwatch.embedder import Embedder, cpu_count
@@ -48,11 +47,10 @@ def cpu() -> tuple[str, list[str]]:
 
 
 def loaded(model_dir: Path, setting: str, cache: Path | None = None) -> tuple[Embedder, dict[str, Any]]:
-    """An embedder in `setting`, and its `model_precision_chosen` log event (the choice's cost)."""
+    """An embedder in `setting`, and what choosing its precision cost (as logged in `model_precision_chosen`)."""
     e = Embedder(str(model_dir), device="cpu", precision=setting, choice_cache=str(cache) if cache else "")
-    with capture_logs() as logs:
-        e.load()
-    return e, next(x for x in logs if x["event"] == "model_precision_chosen")
+    e.load()
+    return e, e.choice
 
 
 def decode_rates(e: Embedder, files: list[Path]) -> tuple[float, float, float]:
@@ -86,7 +84,7 @@ def main() -> int:
     if not (model_dir / "config.json").exists():
         build_random_clip(model_dir, tiny=False)
     web = sorted(image_set("web", 48 if args.quick else 192, (1024, 768)).iterdir())
-    phone = sorted(image_set("phone", 16 if args.quick else 96, (4032, 3024)).iterdir())
+    phone = sorted(image_set("phone", 16 if args.quick else 160, (4032, 3024)).iterdir())
     batches = 2 if args.quick else 4
     try:
         say("(2) the ceiling in each precision (vision tower, ready tensors, batch 32)")

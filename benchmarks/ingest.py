@@ -283,9 +283,12 @@ def scan_rate(url: str, embedder: Embedder, files: list[Path], work: Path, name:
     stages = {st: r.get_sample_value("clipwatch_stage_duration_seconds_sum", {"stage": st}) or 0.0
               for st in ("read", "decode", "embed", "check", "write")}
     waited = r.get_sample_value("clipwatch_model_waiting_for_pixels_seconds_total") or 0.0
-    say(f"  scan of {len(files)} files: {elapsed:.1f} s; profile (s): "
+    sizer = service.worker.batcher.sizer
+    say(f"  scan of {len(files)} files ({embedder.precision}): {elapsed:.1f} s; profile (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
-        + f" (read and decode in the decode thread); model waited for pixels {waited:.1f}")
+        + f" (read and decode summed over the decode threads); model waited for pixels {waited:.1f}; "
+        f"decode workers at the end {sizer.limit} (model {(sizer.model_s or 0) * 1000:.0f} core-ms per image, "
+        f"decode {(sizer.decode_s or 0) * 1000:.0f} CPU ms per file)")
     return len(files) / elapsed
 
 

@@ -254,3 +254,31 @@ def test_each_loaded_file_carries_its_decode_cpu_time_and_the_gauge_is_exported(
     sizer = harness.worker.batcher.sizer
     assert sizer.decode_s is not None and sizer.model_s is not None  # measured from the batch just ingested
     assert harness.metrics.registry.get_sample_value("clipwatch_decode_workers") == sizer.limit
+
+
+def test_while_the_model_waits_for_pixels_every_thread_of_the_pool_decodes():
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from clipwatch.batcher import DecodeSizer
+    from clipwatch.metrics import Metrics
+    from conftest import wait_until
+
+    sizer = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
+    inside, release = [], threading.Event()
+
+    def decode(name: str) -> None:
+        with sizer.slot():
+            inside.append(name)
+            release.wait(10)
+
+    threads = [threading.Thread(target=decode, args=(n,), daemon=True) for n in "ab"]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(inside) == 1, what="one file decoding (one per two cores)")
+    with sizer.model_idle():  # the model has nothing to embed: its cores decode
+        wait_until(lambda: len(inside) == 2, what="the second file let in while the model waits")
+        release.set()
+    for t in threads:
+        t.join(5)

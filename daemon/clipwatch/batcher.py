@@ -155,6 +155,8 @@ class DecodeSizer:
     decoding at once (between 1 and C): more would only take cores from the model. Both costs are running
     averages over recent batches, so k follows the mix as it changes (web images: 1 on 2 cores; 12 MP
     photos beside a fast model: 2). It starts at one per two cores, until the first batch is measured.
+    While the model thread waits for pixels (`model_idle`) the model uses no core: every thread of the pool
+    may decode then, so the first batch, or a backlog of large photos, does not decode on half the machine.
     With a GPU the model takes no cores: every core decodes (at least 2).
     """
 
@@ -168,13 +170,14 @@ class DecodeSizer:
         self.model_s: float | None = None  # core-seconds per image
         self.decode_s: float | None = None  # CPU seconds per file
         self._busy = 0
+        self._idle = False  # the model thread is waiting for pixels
         self._changed = threading.Condition()
         metrics.decode_workers.set(self.limit)
 
     @contextmanager
     def slot(self) -> Iterator[None]:
         with self._changed:
-            self._changed.wait_for(lambda: self._busy < self.limit)
+            self._changed.wait_for(lambda: self._busy < (self.capacity if self._idle else self.limit))
             self._busy += 1
         try:
             yield
@@ -182,6 +185,17 @@ class DecodeSizer:
             with self._changed:
                 self._busy -= 1
                 self._changed.notify()
+
+    @contextmanager
+    def model_idle(self) -> Iterator[None]:
+        with self._changed:
+            self._idle = True
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._idle = False
 
     def decoded(self, cpu_seconds: list[float]) -> None:
         if cpu_seconds:

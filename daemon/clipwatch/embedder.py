@@ -103,6 +103,7 @@ class Embedder:
         self.precision = "fp32"  # what runs, once loaded
         self.text_precision = "fp32"  # the texts' (the same, when a probe text agrees as closely)
         self.choice_cache = choice_cache  # where `auto` keeps its choice (a JSON file), or "" for nowhere
+        self.choice: dict[str, Any] = {}  # once loaded: what choosing the precision cost, and its figures
 
     @classmethod
     def from_config(cls, model: Any, choice_cache: str = "") -> Embedder:
@@ -186,9 +187,10 @@ class Embedder:
             self._model = chosen
         elif self.precision in ("bf16", "int8") and not self.device.startswith("cuda"):  # chosen from the cache
             self._model = converted(self._model, self.precision, in_place=True)
+        self.choice = {"seconds": round(chose_s, 3), "converted_s": round(time.perf_counter() - started, 3),
+                       "figures": figures or None}
         log.info("model_precision_chosen", precision=self.precision, texts=self.text_precision,
-                 setting=self.precision_setting, seconds=round(chose_s, 3),
-                 converted_s=round(time.perf_counter() - started, 3), figures=figures or None)
+                 setting=self.precision_setting, **self.choice)
 
     def _fast_path(self) -> Preprocessing | None:
         """Our preprocessing, if the model's image processor is one it reproduces and the model's forward

@@ -161,7 +161,8 @@ class Worker:
         for i in planner.needs_loading(batch, rows, dests):
             futures[i] = self.batcher.submit(batch[i].dest)
         waiting = time.monotonic()  # the model thread holds a batch whose files may still be decoding
-        loaded = [f.result() if f is not None else None for f in futures]
+        with self.batcher.sizer.model_idle():
+            loaded = [f.result() if f is not None else None for f in futures]
         self.metrics.pixel_wait.inc(time.monotonic() - waiting)
         done = [f for f in loaded if f is not None]
         self.metrics.stage_seconds.labels(Stage.READ).observe(sum(f.read_s for f in done))
