@@ -202,6 +202,9 @@ def test_decode_workers_follow_the_measured_costs_of_the_model_and_of_the_files_
     for _ in range(20):  # the mix turns to web-size JPEGs: 6 ms each
         sizer.decoded([0.006] * 32)
     assert (sizer.limit, gauge()) == (1, 1)
+    contended = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
+    contended.embedded(1.2, 32, decode_cpu=0.4)  # the decode threads took 0.4 s of the model's 2.4 core-s
+    assert contended.model_s == pytest.approx(2.0 / 32)
     slow = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
     slow.embedded(2.4, 32)  # fp32 on the CPU: 150 core-ms per image
     slow.decoded([0.035] * 32)

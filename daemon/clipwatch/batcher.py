@@ -112,7 +112,9 @@ class Batcher:
         with self.sizer.slot():
             cpu = time.thread_time()
             loaded = self._load(path)
-            return replace(loaded, cpu_s=time.thread_time() - cpu)
+            loaded = replace(loaded, cpu_s=time.thread_time() - cpu)
+            self.sizer.spent(loaded.cpu_s)
+            return loaded
 
     def _load(self, path: str) -> Loaded:
         started = time.perf_counter()
@@ -149,8 +151,9 @@ class DecodeSizer:
     """How many files are read and decoded at once.
 
     `model.decode_workers` > 0 fixes it. At 0 (the default) on the CPU, it follows measurement: the model
-    and the decoding share the cores. An image costs the model m core-seconds (embed time x torch threads
-    / images) and a file costs d CPU-seconds in its decode thread (read, hash, decode). C cores then do at
+    and the decoding share the cores. An image costs the model m core-seconds (embed time x torch threads,
+    less the CPU the decode threads took from it meanwhile, / images) and a file costs d CPU-seconds in its
+    decode thread (read, hash, decode). C cores then do at
     most C / (m + d) images/s, and the decoding keeps up with that only with k = ceil(C d / (m + d)) files
     decoding at once (between 1 and C): more would only take cores from the model. Both costs are running
     averages over recent batches, so k follows the mix as it changes (web images: 1 on 2 cores; 12 MP
@@ -170,6 +173,7 @@ class DecodeSizer:
         self.model_s: float | None = None  # core-seconds per image
         self.decode_s: float | None = None  # CPU seconds per file
         self._busy = 0
+        self._decode_cpu = 0.0  # CPU seconds spent decoding since start (to see what a forward pass lost)
         self._idle = False  # the model thread is waiting for pixels
         self._changed = threading.Condition()
         metrics.decode_workers.set(self.limit)
@@ -197,14 +201,30 @@ class DecodeSizer:
             with self._changed:
                 self._idle = False
 
+    def spent(self, cpu_seconds: float) -> None:
+        """One file decoded (from its decode thread)."""
+        with self._changed:
+            self._decode_cpu += cpu_seconds
+
+    @contextmanager
+    def model_running(self, images: int) -> Iterator[None]:
+        """Around a forward pass of `images`: measures it (nothing if it raises)."""
+        started, decoded = time.perf_counter(), self._decode_cpu
+        yield
+        self.embedded(time.perf_counter() - started, images, self._decode_cpu - decoded)
+
     def decoded(self, cpu_seconds: list[float]) -> None:
         if cpu_seconds:
             self.decode_s = self._average(self.decode_s, sum(cpu_seconds) / len(cpu_seconds))
             self._resize()
 
-    def embedded(self, seconds: float, images: int) -> None:
+    def embedded(self, seconds: float, images: int, decode_cpu: float = 0.0) -> None:
+        """A forward pass took `seconds` while the decode threads spent `decode_cpu`: what they took beyond
+        the cores the model leaves free was the model's (its wall time alone would count it twice)."""
         if images:
-            self.model_s = self._average(self.model_s, seconds * self.model_threads / images)
+            taken = max(decode_cpu - max(self.cores - self.model_threads, 0) * seconds, 0.0)
+            core_s = max(seconds * self.model_threads - taken, seconds * self.model_threads / 4)
+            self.model_s = self._average(self.model_s, core_s / images)
             self._resize()
 
     def _average(self, old: float | None, new: float) -> float:

@@ -211,9 +211,8 @@ class Worker:
         with self.metrics.stage_seconds.labels(Stage.EMBED).time():
             try:
                 self.metrics.model_calls.inc()
-                started = time.perf_counter()
-                vectors = self.embedder.embed_images([e.pixels for e in pending])  # type: ignore[misc]
-                self.batcher.sizer.embedded(time.perf_counter() - started, len(pending))
+                with self.batcher.sizer.model_running(len(pending)):
+                    vectors = self.embedder.embed_images([e.pixels for e in pending])  # type: ignore[misc]
                 return {e.key: v for e, v in zip(pending, vectors, strict=True)}
             except Exception:
                 log.warning("batch_embed_failed", files=len(pending), action="retrying one by one", exc_info=True)
