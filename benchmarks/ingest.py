@@ -117,6 +117,7 @@ def env_for(url: str, table: str, model: Path, watched: Path, data: Path, **extr
         "CLIPWATCH_MODEL__DEVICE": "cpu", "CLIPWATCH_STORE__URL": url, "CLIPWATCH_STORE__TABLE": table,
         "CLIPWATCH_STORE__INSTANCE": "bench", "CLIPWATCH_DAEMON__DATA_DIR": str(data),
         "CLIPWATCH_LOG__LEVEL": "warning", "CLIPWATCH_DUPLICATES__ENABLED": "true",
+        "CLIPWATCH_MODEL__PRECISION": "fp32",  # as the in-process embedder: the ratios compare like with like
     })
     env.update({f"CLIPWATCH_{k.upper()}": v for k, v in extra.items()})
     return env
