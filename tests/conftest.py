@@ -1,8 +1,8 @@
-"""Shared fixtures: a tiny real CLIP model, real SQLite and MySQL 9 stores, real files under tmp_path.
+"""Shared fixtures: a tiny real CLIP model, real SQLite, MySQL 9 and MariaDB stores, real files under tmp_path.
 
-The MySQL tests need CLIPWATCH_TEST_MYSQL_URL (scripts/test starts a private MySQL 9 and sets it).
-Without it they fail, never skip: a green run always includes them. A developer without MySQL can
-run `pytest -m "not mysql"` knowingly.
+The MySQL tests need CLIPWATCH_TEST_MYSQL_URL, the MariaDB tests CLIPWATCH_TEST_MARIADB_URL (scripts/test
+starts a private MySQL 9 and a private MariaDB 11.8 and sets both). Without them they fail, never skip: a
+green run always includes them. A developer without one can run `pytest -m "not mariadb"` knowingly.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from clipwatch.testing import build_random_clip
 os.environ.setdefault("CLIPWATCH_MODEL__PRECISION", "fp32")
 
 MYSQL_URL = os.environ.get("CLIPWATCH_TEST_MYSQL_URL", "")
+MARIADB_URL = os.environ.get("CLIPWATCH_TEST_MARIADB_URL", "")
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
@@ -77,12 +78,20 @@ def embedder(model_dir: Path) -> Embedder:
     return e
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql),
+                        pytest.param("mariadb", marks=pytest.mark.mariadb)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL for each backend (the test runs once per backend)."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path}/store.sqlite3"
-    return mysql_url()
+    return mariadb_url() if request.param == "mariadb" else mysql_url()
+
+
+def mariadb_url() -> str:
+    if not MARIADB_URL:
+        pytest.fail("CLIPWATCH_TEST_MARIADB_URL is not set: run the suite with scripts/test, which starts a "
+                    "private MariaDB 11.8, or point the variable at one (deselect with -m 'not mariadb' knowingly)")
+    return MARIADB_URL
 
 
 def mysql_url() -> str:
@@ -94,20 +103,22 @@ def mysql_url() -> str:
 
 @pytest.fixture
 def table() -> Iterator[str]:
-    """A fresh table name per test, dropped afterwards from MySQL (SQLite files live in tmp_path)."""
+    """A fresh table name per test, dropped afterwards from MySQL and MariaDB (SQLite files live in tmp_path)."""
     name = "t_" + uuid.uuid4().hex[:12]
     yield name
-    if MYSQL_URL:
-        drop_mysql_table(name)
+    for url in (MYSQL_URL, MARIADB_URL):
+        if url:
+            drop_mysql_table(name, url)
 
 
-def drop_mysql_table(name: str) -> None:
+def drop_mysql_table(name: str, url: str = MYSQL_URL) -> None:
     from clipwatch.config import parse_store_url
     from clipwatch.store.mysql import MySQLStore
 
-    store = MySQLStore(parse_store_url(MYSQL_URL), "", name, "test")
+    store = MySQLStore(parse_store_url(url), "", name, "test")
     try:
-        store._fetch(f"DROP TABLE IF EXISTS `{name}`, `{name}_deleted`, `{name}_decisions`, `{name}_moves`")
+        store._fetch(f"DROP TABLE IF EXISTS `{name}`, `{name}_deleted`, `{name}_decisions`, `{name}_moves`, "
+                     f"`{name}_actions`")
     finally:
         store.close()
 

@@ -121,13 +121,13 @@ def test_every_command_has_useful_help():
 
 
 @pytest.mark.mysql
-@pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
-def test_the_documented_least_privilege_users_are_enough(env: dict[str, str], tmp_path: Path):
+@pytest.mark.parametrize("store_url", ["mysql", "mariadb"], indirect=True)
+def test_the_documented_least_privilege_users_are_enough(store_url: str, env: dict[str, str], tmp_path: Path):
     from clipwatch.config import parse_store_url
     from clipwatch.store.mysql import MySQLStore
-    from conftest import mysql_url
 
-    admin_url = parse_store_url(mysql_url())
+    admin_url = parse_store_url(store_url)
+    kind = admin_url.scheme  # mysql or mariadb: each server has its own setup files
     admin = MySQLStore(admin_url, "", "unused", "test")
 
     def run_sql_file(name: str) -> None:
@@ -136,18 +136,18 @@ def test_the_documented_least_privilege_users_are_enough(env: dict[str, str], tm
             if statement.strip():
                 admin._fetch(statement.replace("change-me", "t3st-pw"))
 
-    user_env = {**env, "CLIPWATCH_STORE__URL": f"mysql://clipwatch@{admin_url.host}:{admin_url.port}/clipwatch",
+    user_env = {**env, "CLIPWATCH_STORE__URL": f"{kind}://clipwatch@{admin_url.host}:{admin_url.port}/clipwatch",
                 "CLIPWATCH_STORE__PASSWORD": "t3st-pw", "CLIPWATCH_STORE__TABLE": "images"}
     try:
         admin._fetch("DROP DATABASE IF EXISTS clipwatch")
         admin._fetch("DROP USER IF EXISTS 'clipwatch'@'%'")
-        run_sql_file("mysql-setup.sql")  # database-wide grants, CREATE included: the daemon makes its tables
+        run_sql_file(f"{kind}-setup.sql")  # database-wide grants, CREATE included: the daemon makes its tables
         write_image(tmp_path / "watched" / "a.jpg", seed=1)
         scan = run_cli("scan", env=user_env)
         assert scan.returncode == 0, scan.stderr
         assert "embedded 1" in scan.stdout
 
-        run_sql_file("mysql-strict-grants.sql")  # rows of its two tables only, nothing else
+        run_sql_file(f"{kind}-strict-grants.sql")  # rows of its two tables only, nothing else
         write_image(tmp_path / "watched" / "b.jpg", seed=2)
         (tmp_path / "watched" / "a.jpg").unlink()
         scan = run_cli("scan", env=user_env)

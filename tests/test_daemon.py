@@ -88,9 +88,9 @@ def test_restart_reconciles_what_changed_while_the_daemon_was_down(daemon_env, r
 
 
 @pytest.mark.mysql
-@pytest.mark.parametrize("store_url", ["mysql"], indirect=True)
+@pytest.mark.parametrize("store_url", ["mysql", "mariadb"], indirect=True)
 @pytest.mark.timeout(180)
-def test_two_daemons_sharing_one_mysql_table_catch_each_others_duplicates(
+def test_two_daemons_sharing_one_server_table_catch_each_others_duplicates(
         daemon_env: dict[str, str], reader: Store, tmp_path: Path):
     from PIL import Image
 

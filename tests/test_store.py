@@ -122,6 +122,17 @@ def test_table_of_another_dimension_is_refused(store_url: str, open_test_store: 
         store.init_schema(768)
 
 
+@pytest.mark.parametrize("store_url", ["mysql", "mariadb"], indirect=True)
+def test_a_table_made_on_the_other_server_kind_is_refused_with_the_reason(
+        store_url: str, open_test_store: Callable[..., Store]):
+    """MySQL 9 and MariaDB tables say which made them; one restored or replicated across is not used."""
+    store = open_test_store(store_url, dimension=512)
+    other = "mysql" if store.backend == "mariadb" else "mariadb"
+    store._fetch(f"ALTER TABLE {store.t} COMMENT = 'clipwatch {other}'")  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match=f"created by clipwatch on {other}.*is {store.backend}"):
+        store.init_schema(512)
+
+
 def test_status_counts_rows_by_status_and_model(store_url: str, open_test_store: Callable[..., Store]):
     store = open_test_store(store_url)
     store.apply([upsert("/a/1.jpg", 1), upsert("/a/2.jpg", 2),
@@ -155,3 +166,18 @@ def test_replaying_a_committed_batch_changes_nothing(store_url: str, open_test_s
     rows = store.get_many(["/a/x.jpg", "/a/y.jpg", "/a/z.jpg"])
     assert sorted(rows) == ["/a/y.jpg", "/a/z.jpg"]
     assert np.array_equal(vector_at(store, "/a/y.jpg"), unit(1))
+
+
+@pytest.mark.mysql
+@pytest.mark.mariadb
+def test_the_server_kind_is_asked_of_the_server_not_taken_from_the_url(make_config: Callable[..., object]):
+    from clipwatch.store import open_store
+    from conftest import mariadb_url, mysql_url
+
+    with pytest.raises(StoreError, match="that server is MySQL .*, not MariaDB: write mysql://"):
+        open_store(make_config(mysql_url().replace("mysql://", "mariadb://", 1)))  # type: ignore[arg-type]
+    detected = open_store(make_config(mariadb_url().replace("mariadb://", "mysql://", 1)))  # type: ignore[arg-type]
+    try:
+        assert detected.backend == "mariadb" and detected.location().startswith("mysql://")
+    finally:
+        detected.close()

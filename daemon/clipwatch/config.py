@@ -177,7 +177,7 @@ class Config:
 
 @dataclass(frozen=True)
 class StoreURL:
-    scheme: Literal["mysql", "sqlite"]
+    scheme: Literal["mysql", "mariadb", "sqlite"]
     host: str = ""
     port: int = 3306
     user: str = ""
@@ -190,11 +190,12 @@ class StoreURL:
         if self.scheme == "sqlite":
             return f"sqlite://{self.path}"
         where = f"{self.host}:{self.port}" if self.host else f"(socket {self.path})"
-        return f"mysql://{self.user}@{where}/{self.database}"
+        return f"{self.scheme}://{self.user}@{where}/{self.database}"
 
 
 def parse_store_url(url: str) -> StoreURL:
-    """Parse ``mysql://user[:password]@host[:port]/db[?unix_socket=PATH]`` or ``sqlite:///ABSOLUTE/PATH``."""
+    """Parse ``mysql://user[:password]@host[:port]/db[?unix_socket=PATH]`` (``mariadb://`` alike) or
+    ``sqlite:///ABSOLUTE/PATH``."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -204,15 +205,16 @@ def parse_store_url(url: str) -> StoreURL:
         if not parts.path.startswith("/") or parts.netloc:
             raise ConfigError(f"store.url: expected sqlite:///ABSOLUTE/PATH, got {url!r}")
         return StoreURL(scheme="sqlite", path=unquote(parts.path))
-    if parts.scheme != "mysql":
-        raise ConfigError(f"store.url: expected mysql://USER@HOST:PORT/DB or sqlite:///PATH, got "
+    if parts.scheme not in ("mysql", "mariadb"):
+        raise ConfigError(f"store.url: expected mysql://USER@HOST:PORT/DB, mariadb://... or sqlite:///PATH, got "
                           f"{_redact_url(url)!r}")
     query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
     database = unquote(parts.path.lstrip("/"))
     if not parts.username or not database or not (parts.hostname or "unix_socket" in query):
         raise ConfigError(f"store.url: expected mysql://USER@HOST:PORT/DB (user, host and database are "
                           f"needed), got {_redact_url(url)!r}")
-    return StoreURL(scheme="mysql", host=parts.hostname or "", port=port or 3306,
+    return StoreURL(scheme="mariadb" if parts.scheme == "mariadb" else "mysql", host=parts.hostname or "",
+                    port=port or 3306,
                     user=unquote(parts.username), password=unquote(parts.password or ""),
                     database=database, path=unquote(query.get("unix_socket", "")))
 

@@ -1,4 +1,5 @@
-"""Vector stores behind one interface: MySQL 9 (`VECTOR` column) and SQLite (the embedded default)."""
+"""Vector stores behind one interface: MySQL 9 and MariaDB 11.7+ (`VECTOR` columns) and SQLite (the
+embedded default)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def open_store(config: Config) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url.path, config.store.table, config.store.instance)
-    from .mysql import MySQLStore
+    from .mysql import open_server
 
-    return MySQLStore(url, config.store_password, config.store.table, config.store.instance,
-                      config.store.connect_timeout_s)
+    return open_server(url, config.store_password, config.store.table, config.store.instance,
+                       config.store.connect_timeout_s)
 
 
 __all__ = ["PAGE", "ActionRecord", "Applied", "ChangePage", "DecisionRecord", "Delete", "DeleteTree", "FinishMove",

@@ -80,20 +80,11 @@ class MySQLStore(SQLStore):
         "score = new.score, label = new.label, updated_at = UTC_TIMESTAMP(6)"
     )
 
-    def __init__(self, url: StoreURL, password: str, table: str, instance: str, connect_timeout_s: int = 10) -> None:
+    def __init__(self, url: StoreURL, password: str, table: str, instance: str, connect_timeout_s: int = 10,
+                 conn: Any = None) -> None:
         super().__init__(table, instance)
         self.url = url
-        kwargs: dict[str, Any] = dict(user=url.user, password=password, database=url.database,
-                                      connection_timeout=connect_timeout_s, autocommit=False,
-                                      charset="utf8mb4", collation="utf8mb4_bin", use_unicode=True)
-        if url.path:
-            kwargs["unix_socket"] = url.path
-        else:
-            kwargs.update(host=url.host, port=url.port)
-        try:
-            self.conn: Any = mysql.connector.connect(**kwargs)
-        except myerrors.Error as exc:
-            raise StoreError(f"cannot connect to {url.redacted()}: {describe(exc)}") from None
+        self.conn: Any = conn or connect(url, password, connect_timeout_s)
         self._fetch("SET SESSION time_zone = '+00:00'")
 
     def location(self) -> str:
@@ -118,6 +109,17 @@ class MySQLStore(SQLStore):
             pass  # the connection is gone: the server rolled the transaction back itself
 
     def table_dimension(self) -> int | None:
+        """The dimension of the table's VECTOR column (None: no table). A table created by clipwatch on the
+        other server kind (MySQL 9 / MariaDB: its comment says which) is refused: their VECTOR types, vector
+        functions and indexes differ, so a table restored or replicated across is not used silently."""
+        made_by = self._fetch("SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                              "AND TABLE_NAME = %s", (self.table,))
+        kind = re.fullmatch(r"clipwatch (\w+)", _text(made_by[0][0]).strip()) if made_by else None
+        if kind and kind.group(1) != self.backend:
+            raise StoreError(f"table {self.table!r} was created by clipwatch on {kind.group(1)}, and this server "
+                             f"({self.location()}) is {self.backend}: use a table made on this server (another "
+                             "store.table, or `clipwatch db init` after exporting the rows) or point store.url at "
+                             f"the {kind.group(1)} server")
         rows = self._fetch(
             "SELECT COLUMN_TYPE FROM information_schema.COLUMNS "
             "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = 'embedding'", (self.table,))
@@ -155,7 +157,7 @@ class MySQLStore(SQLStore):
                 KEY model_id (model, id),
                 KEY match_id (match_id),
                 KEY status_updated (status, updated_at)
-            ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
+            ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin COMMENT = 'clipwatch mysql'
         """)
 
     def create_aux_tables(self) -> None:
@@ -195,6 +197,36 @@ class MySQLStore(SQLStore):
             self.conn.close()
         except myerrors.Error:
             pass
+
+
+def connect(url: StoreURL, password: str, connect_timeout_s: int) -> Any:
+    kwargs: dict[str, Any] = dict(user=url.user, password=password, database=url.database,
+                                  connection_timeout=connect_timeout_s, autocommit=False,
+                                  charset="utf8mb4", collation="utf8mb4_bin", use_unicode=True)
+    if url.path:
+        kwargs["unix_socket"] = url.path
+    else:
+        kwargs.update(host=url.host, port=url.port)
+    try:
+        return mysql.connector.connect(**kwargs)
+    except myerrors.Error as exc:
+        raise StoreError(f"cannot connect to {url.redacted()}: {describe(exc)}") from None
+
+
+def open_server(url: StoreURL, password: str, table: str, instance: str, connect_timeout_s: int) -> MySQLStore:
+    """MySQL 9 or MariaDB 11.7+, told apart by the server's own answer (`mariadb://` must find MariaDB; on
+    `mysql://` a MariaDB server is detected and used as one)."""
+    conn = connect(url, password, connect_timeout_s)
+    server = _text(conn.server_info)
+    if "mariadb" in server.lower():
+        from .mariadb import MariaDBStore
+
+        return MariaDBStore(url, password, table, instance, connect_timeout_s, conn=conn)
+    if url.scheme == "mariadb":
+        conn.close()
+        raise StoreError(f"store.url is {url.redacted()} but that server is MySQL {server}, not MariaDB: "
+                         "write mysql:// for a MySQL server")
+    return MySQLStore(url, password, table, instance, connect_timeout_s, conn=conn)
 
 
 def describe(exc: BaseException) -> str:
