@@ -73,6 +73,7 @@ class MySQLStore(SQLStore):
     # fit an index, their SHA-256 does. The server hashes exactly the text it stores.
     PATH_MATCH = "path_hash = UNHEX(SHA2(%s, 256))"
     NOW = "UTC_TIMESTAMP(6)"
+    GENERATED_NOT_NULL = " NOT NULL"  # MariaDB takes no NULL constraint on a stored generated column
     DRIVER_ERRORS = (myerrors.Error,)
     UPSERT_TAIL = (
         " AS new ON DUPLICATE KEY UPDATE sha256 = new.sha256, size = new.size, mtime = new.mtime, "
@@ -138,7 +139,7 @@ class MySQLStore(SQLStore):
                 id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
                 instance VARCHAR(255) NOT NULL,
                 path VARCHAR(4096) NOT NULL,
-                path_hash BINARY(32) AS (UNHEX(SHA2(path, 256))) STORED NOT NULL,
+                path_hash BINARY(32) AS (UNHEX(SHA2(path, 256))) STORED{self.GENERATED_NOT_NULL},
                 sha256 CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
                 size BIGINT UNSIGNED NOT NULL,
                 mtime DOUBLE NOT NULL,
@@ -157,7 +158,7 @@ class MySQLStore(SQLStore):
                 KEY model_id (model, id),
                 KEY match_id (match_id),
                 KEY status_updated (status, updated_at)
-            ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin COMMENT = 'clipwatch mysql'
+            ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin COMMENT = 'clipwatch {self.backend}'
         """)
 
     def create_aux_tables(self) -> None:
