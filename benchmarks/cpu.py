@@ -21,7 +21,6 @@ Uses the helpers of benchmarks/ingest.py (the same images, model and recipe). No
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import tempfile
@@ -32,18 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from ingest import CACHE, RESULTS, image_set, model_ceiling, naive_recipe, result, say, scan_rate
+from ingest import CACHE, image_set, model_ceiling, naive_recipe, print_results, result, say, scan_rate
 
 from clipwatch import precision
 from clipwatch.embedder import Embedder, cpu_count
 from clipwatch.logs import configure_logging
 from clipwatch.testing import build_random_clip
-
-
-def cpu() -> tuple[str, list[str]]:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return name, [f for f in precision.FLAGS if re.search(rf"\b{f}\b", info)]
 
 
 def loaded(model_dir: Path, setting: str, cache: Path | None = None) -> tuple[Embedder, dict[str, Any]]:
@@ -76,7 +69,7 @@ def main() -> int:
     args, _ = parser.parse_known_args()  # scripts/bench passes ingest.py's options (--only) to both
     configure_logging("console", "warning")
     work = Path(tempfile.mkdtemp(prefix="clipwatch-bench-cpu-"))
-    name, flags = cpu()
+    name, flags = precision.cpu()
     say(f"(1) CPU: {name}; flags: {' '.join(flags) or 'none of ' + ' '.join(precision.FLAGS)}; "
         f"{cpu_count()} cores; torch {torch.__version__}, {cpu_count()} threads")
     result("CPU", f"{name}, {' '.join(flags)}, {cpu_count()} cores")
@@ -153,9 +146,7 @@ def main() -> int:
         result("12 MP end to end / seed recipe", f"{phone_naive:.1f}x", ">= 10x", phone_naive >= 10)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say("\n| what | figure | target | |\n| --- | --- | --- | --- |")
-    for row in RESULTS:
-        say("| " + " | ".join(row) + " |")
+    print_results()
     return 0
 
 

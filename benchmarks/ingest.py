@@ -69,6 +69,13 @@ def result(what: str, figure: str, target: str = "", met: bool | None = None) ->
 
 # --- inputs -------------------------------------------------------------------------------------------
 
+def print_results() -> None:
+    """Every result of the run as one markdown table (what docs/benchmarks.md quotes)."""
+    say("\n| what | figure | target | |\n| --- | --- | --- | --- |")
+    for row in RESULTS:
+        say("| " + " | ".join(row) + " |")
+
+
 def photo(width: int, height: int, seed: int, fmt: str = "JPEG") -> bytes:
     """Colour blobs plus sensor-like noise (what phone and web photos look like to a JPEG decoder)."""
     rng = np.random.default_rng(seed)
@@ -602,9 +609,7 @@ def main() -> int:
             burst(args.mysql_url, tiny_dir, small_files, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say("\n| what | figure | target | |\n| --- | --- | --- | --- |")
-    for row in RESULTS:
-        say("| " + " | ".join(row) + " |")
+    print_results()
     return 0
 
 

@@ -45,16 +45,21 @@ def supported(device: str) -> list[str]:
     return ["fp32", "bf16", *(["int8"] if quantized and hasattr(torch, "ao") else [])]
 
 
+def cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and which of the flags that decide the precision it has."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    return name, [f for f in FLAGS if re.search(rf"\b{f}\b", info)]
+
+
 def machine_key(model: str, device: str, threads: int) -> str:
     """What the choice depends on: the CPU (model name and the flags that matter), torch, model, device."""
     import torch
 
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-               platform.processor() or platform.machine())
-    flags = [f for f in FLAGS if re.search(rf"\b{f}\b", info)]
+    name, flags = cpu()
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else ""
-    return "|".join([cpu, ",".join(flags), torch.__version__, model, device, gpu, str(threads)])
+    return "|".join([name, ",".join(flags), torch.__version__, model, device, gpu, str(threads)])
 
 
 @dataclass(frozen=True)
