@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from clipwatch.batcher import DecodeSizer
 from clipwatch.changes import Change
 from clipwatch.config import Config
 from clipwatch.embedder import Embedder
-from conftest import Harness, vector_at, write_image
+from clipwatch.metrics import Metrics
+from conftest import Harness, vector_at, wait_until, write_image
 
 
 @pytest.fixture
@@ -184,11 +188,6 @@ def test_the_worker_survives_an_unexpected_error_and_goes_on(harness: Harness):
 
 def test_decode_workers_follow_the_measured_costs_of_the_model_and_of_the_files_arriving():
     """model.decode_workers = 0 on 2 cores: k = ceil(C d / (m + d)) files decode at once, following the mix."""
-    from prometheus_client import CollectorRegistry
-
-    from clipwatch.batcher import DecodeSizer
-    from clipwatch.metrics import Metrics
-
     metrics = Metrics(CollectorRegistry())
     sizer = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=metrics)
 
@@ -218,17 +217,11 @@ def test_decode_workers_follow_the_measured_costs_of_the_model_and_of_the_files_
     assert gpu.limit == 2  # the model takes no cores: all of them decode
 
 
-def test_no_more_files_decode_at_once_than_the_sizer_allows_and_a_raise_lets_them_in():
-    import threading
-
-    from prometheus_client import CollectorRegistry
-
-    from clipwatch.batcher import DecodeSizer
-    from clipwatch.metrics import Metrics
-    from conftest import wait_until
-
-    sizer = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
-    inside, release = [], threading.Event()
+def two_files_decoding(sizer: DecodeSizer) -> tuple[list[str], threading.Event, list[threading.Thread]]:
+    """Two decode threads asking `sizer` for a slot; each holds it until `release` is set. Returns once the
+    first is inside (the sizer starts at one per two cores)."""
+    inside: list[str] = []
+    release = threading.Event()
 
     def decode(name: str) -> None:
         with sizer.slot():
@@ -239,6 +232,12 @@ def test_no_more_files_decode_at_once_than_the_sizer_allows_and_a_raise_lets_the
     for t in threads:
         t.start()
     wait_until(lambda: len(inside) == 1, what="one file decoding")
+    return inside, release, threads
+
+
+def test_no_more_files_decode_at_once_than_the_sizer_allows_and_a_raise_lets_them_in():
+    sizer = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
+    inside, release, threads = two_files_decoding(sizer)
     time.sleep(0.2)  # the second must still be waiting: nothing changes the limit meanwhile
     assert len(inside) == 1
     sizer.embedded(0.256, 32)
@@ -260,26 +259,8 @@ def test_each_loaded_file_carries_its_decode_cpu_time_and_the_gauge_is_exported(
 
 
 def test_while_the_model_waits_for_pixels_every_thread_of_the_pool_decodes():
-    import threading
-
-    from prometheus_client import CollectorRegistry
-
-    from clipwatch.batcher import DecodeSizer
-    from clipwatch.metrics import Metrics
-    from conftest import wait_until
-
     sizer = DecodeSizer(cores=2, fixed=0, gpu=False, model_threads=2, metrics=Metrics(CollectorRegistry()))
-    inside, release = [], threading.Event()
-
-    def decode(name: str) -> None:
-        with sizer.slot():
-            inside.append(name)
-            release.wait(10)
-
-    threads = [threading.Thread(target=decode, args=(n,), daemon=True) for n in "ab"]
-    for t in threads:
-        t.start()
-    wait_until(lambda: len(inside) == 1, what="one file decoding (one per two cores)")
+    inside, release, threads = two_files_decoding(sizer)
     with sizer.model_idle():  # the model has nothing to embed: its cores decode
         wait_until(lambda: len(inside) == 2, what="the second file let in while the model waits")
         release.set()
