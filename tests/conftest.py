@@ -28,6 +28,7 @@ from PIL import Image
 from clipwatch.changes import Change
 from clipwatch.config import Config
 from clipwatch.config_loader import load_config
+from clipwatch.dbindex import init_schema
 from clipwatch.embedder import Embedder
 from clipwatch.metrics import Metrics
 from clipwatch.service import Service
@@ -254,6 +255,7 @@ class Daemon:
         # The daemon logs to stdout; errors before logging starts go to stderr: both are read.
         self.proc = subprocess.Popen(command or clipwatch_command("run"), env={**os.environ, **env}, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.env = env
         self.events: list[dict[str, object]] = []
         self.raw: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -312,8 +314,9 @@ def daemon_env(store_url: str, make_config: Callable[..., Config], model_dir: Pa
 
 @pytest.fixture
 def reader(store_url: str, make_config: Callable[..., Config]) -> Iterator[Store]:
-    store = open_store(make_config(store_url))
-    store.init_schema(512)  # what the daemon does on start; created here so the test can read before that
+    config = make_config(store_url)
+    store = open_store(config)
+    init_schema(store, config.index, 512)  # what the daemon does on start; here so the test can read before that
     yield store
     store.close()
 

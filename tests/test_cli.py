@@ -68,7 +68,8 @@ def test_db_init_creates_the_table_without_loading_the_model(env: dict[str, str]
     env = {**env, "CLIPWATCH_MODEL__NAME": "/no/model/needed/here"}
     created = run_cli("db", "init", "--dimension", "512", env=env)
     assert created.returncode == 0, created.stderr
-    assert "created (vectors of dimension 512)" in created.stdout
+    search = "the database's vector index" if env["CLIPWATCH_STORE__URL"].startswith("mariadb") else "in memory"
+    assert f"created (vectors of dimension 512; similarity search: {search})" in created.stdout
     again = run_cli("db", "init", "--dimension", "768", env=env)
     assert again.returncode == 1
     assert "holds 512-dimensional vectors" in again.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,40 +93,80 @@ def test_restart_reconciles_what_changed_while_the_daemon_was_down(daemon_env, r
 @pytest.mark.timeout(180)
 def test_two_daemons_sharing_one_server_table_catch_each_others_duplicates(
         daemon_env: dict[str, str], reader: Store, tmp_path: Path):
-    from PIL import Image
-
-    roots = [tmp_path / "server-a", tmp_path / "server-b"]
-    daemons = []
-    for name, root in zip(("a", "b"), roots, strict=True):
-        root.mkdir()
-        daemons.append(Daemon({**daemon_env, "CLIPWATCH_WATCH__PATHS": str(root), "CLIPWATCH_STORE__INSTANCE": name,
-                               "CLIPWATCH_INDEX__SYNC_INTERVAL_S": "0.2",
-                               "CLIPWATCH_DAEMON__DATA_DIR": str(tmp_path / f"data-{name}")}))
+    """Each daemon holds every vector in memory and follows the other through the index sync."""
+    daemons = two_daemons(tmp_path, {**daemon_env, "CLIPWATCH_INDEX__SYNC_INTERVAL_S": "0.2",
+                                     "CLIPWATCH_INDEX__WHERE": "memory"})
     try:
-        for d in daemons:
-            wait_until(lambda d=d: d.saw("scan_finished"), timeout=60, what="start-up")
-        original = write_image(roots[0] / "original.jpg", seed=1, size=(96, 72))
-        sha = hashlib.sha256(original.read_bytes()).hexdigest()
-        stored = wait_until(lambda: [c.row for c in reader.find_by_sha256([sha]).get(sha, [])],
-                            what="server A's row")
-        wait_until(lambda: scrape(daemons[1])["clipwatch_index_size"] >= 1, what="server B's index to sync")
-
-        resized = roots[1] / "resized.png"
-        Image.open(original).resize((80, 60)).save(resized)
-        exact = roots[1] / "exact.jpg"
-        exact.write_bytes(original.read_bytes())
-        verdicts = wait_until(lambda: len(v := [e for e in daemons[1].events if e.get("event") == "verdict"]) == 2
-                              and v, what="server B's verdicts")
-        by_path = {v["path"]: v for v in verdicts}
-        for path in (str(resized), str(exact)):
-            assert by_path[path]["status"] == "duplicate"
-            assert by_path[path]["match_id"] == stored[0].id
-            assert by_path[path]["matched_path"] == str(original)
-        assert by_path[str(exact)]["score"] == 1.0
-        assert 0.97 <= by_path[str(resized)]["score"] < 1.0
+        original = catch_each_others_duplicates(daemons, reader, tmp_path, after_a_stored=lambda: wait_until(
+            lambda: scrape(daemons[1])["clipwatch_index_size"] >= 1, what="server B's index to sync"))
+        assert original.exists()
     finally:
         for d in daemons:
             assert d.stop() == 0
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("store_url", ["mariadb"], indirect=True)
+@pytest.mark.timeout(180)
+def test_two_daemons_asking_mariadbs_vector_index_see_each_others_rows_at_once(
+        daemon_env: dict[str, str], reader: Store, tmp_path: Path):
+    """index.where = "database": a row committed by server A is in server B's next query, with no sync
+    interval to wait for (it is an hour here), and B's search is answered from the database too."""
+    from conftest import run_cli
+
+    env = {**daemon_env, "CLIPWATCH_INDEX__SYNC_INTERVAL_S": "3600", "CLIPWATCH_INDEX__WHERE": "database"}
+    daemons = two_daemons(tmp_path, env)
+    try:
+        original = catch_each_others_duplicates(daemons, reader, tmp_path, after_a_stored=lambda: None)
+        loaded = [e.get("where") for d in daemons for e in d.events if e.get("event") == "index_loaded"]
+        assert loaded == ["database", "database"]
+        served = run_cli("search", str(original), "--json", "--top", "1",
+                         env={**daemons[1].env, "CLIPWATCH_LOG__LEVEL": "debug"})
+        assert served.returncode == 0 and "searched_by_daemon" in served.stderr, served.stderr
+        best = json.loads(served.stdout.splitlines()[0])
+        assert best["path"] == str(original) and best["similarity"] > 0.9999
+    finally:
+        for d in daemons:
+            assert d.stop() == 0
+
+
+def two_daemons(tmp_path: Path, env: dict[str, str]) -> list[Daemon]:
+    """Servers A and B: one table, each its own root, instance and data directory."""
+    daemons = []
+    for name in ("a", "b"):
+        root = tmp_path / f"server-{name}"
+        root.mkdir()
+        daemons.append(Daemon({**env, "CLIPWATCH_WATCH__PATHS": str(root), "CLIPWATCH_STORE__INSTANCE": name,
+                               "CLIPWATCH_METRICS__LISTEN": f"127.0.0.1:{free_port()}",
+                               "CLIPWATCH_DAEMON__DATA_DIR": str(tmp_path / f"data-{name}")}))
+    for d in daemons:
+        wait_until(lambda d=d: d.saw("scan_finished"), timeout=60, what="start-up")
+    return daemons
+
+
+def catch_each_others_duplicates(daemons: list[Daemon], reader: Store, tmp_path: Path,
+                                 after_a_stored: Callable[[], object]) -> Path:
+    """An image stored by A; a resized copy and an exact copy uploaded to B are B's duplicates of A's row."""
+    from PIL import Image
+
+    original = write_image(tmp_path / "server-a" / "original.jpg", seed=1, size=(96, 72))
+    sha = hashlib.sha256(original.read_bytes()).hexdigest()
+    stored = wait_until(lambda: [c.row for c in reader.find_by_sha256([sha]).get(sha, [])], what="server A's row")
+    after_a_stored()
+    resized = tmp_path / "server-b" / "resized.png"
+    Image.open(original).resize((80, 60)).save(resized)
+    exact = tmp_path / "server-b" / "exact.jpg"
+    exact.write_bytes(original.read_bytes())
+    verdicts = wait_until(lambda: len(v := [e for e in daemons[1].events if e.get("event") == "verdict"]) == 2
+                          and v, what="server B's verdicts")
+    by_path = {v["path"]: v for v in verdicts}
+    for path in (str(resized), str(exact)):
+        assert by_path[path]["status"] == "duplicate"
+        assert by_path[path]["match_id"] == stored[0].id
+        assert by_path[path]["matched_path"] == str(original)
+    assert by_path[str(exact)]["score"] == 1.0
+    assert 0.97 <= by_path[str(resized)]["score"] < 1.0
+    return original
 
 
 @pytest.mark.timeout(180)

@@ -167,7 +167,9 @@ def _ask_daemon(config: Config, request: dict[str, object]) -> dict[str, Any] | 
 
 
 def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, Any]]:
-    """Load every vector of the configured model from the store, then search."""
+    """Search the database's vector index where the daemon would (index.where), else load every vector of the
+    configured model from the store and search them."""
+    from .dbindex import DatabaseIndex, SimilarityIndex
     from .embedder import Embedder, model_identity
     from .search import query_vector, search_top
     from .store import open_store
@@ -184,7 +186,12 @@ def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, A
         if dimension is None:
             raise ClipwatchError(f"table {config.store.table!r} does not exist yet in {store.location()}")
         query = query_vector(request, dimension, embedder, config.model.max_image_pixels)
-        index, _ = load_index(store, model_identity(config.model.name), dimension)
+        model = model_identity(config.model.name)
+        index: SimilarityIndex
+        if config.index.where != "memory" and store.vector_search_missing() is None and store.has_vector_index():
+            index = DatabaseIndex(store, model, dimension, config.index.ef_search)  # the daemon's own answer
+        else:
+            index, _ = load_index(store, model, dimension)
         hits = index.search(query, search_top(request))
         paths = store.paths_of([i for i, _ in hits])
     finally:
@@ -230,6 +237,7 @@ def cmd_import(config: Config, path: str) -> int:
 
 
 def cmd_db_init(config: Config, dimension: int | None) -> int:
+    from .dbindex import init_schema
     from .embedder import Embedder
     from .store import open_store
 
@@ -241,9 +249,11 @@ def cmd_db_init(config: Config, dimension: int | None) -> int:
         raise ConfigError(f"--dimension: expected a positive integer, got {dimension}")
     store = open_store(config)
     try:
-        created = store.init_schema(dimension)
+        where, created = init_schema(store, config.index, dimension)
         state = "created" if created else "already exists"
-        print(f"table {config.store.table!r} in {store.location()}: {state} (vectors of dimension {dimension})")
+        search = "the database's vector index" if where == "database" else "in memory"
+        print(f"table {config.store.table!r} in {store.location()}: {state} (vectors of dimension {dimension}; "
+              f"similarity search: {search})")
     finally:
         store.close()
     return 0

@@ -27,9 +27,9 @@ import numpy as np
 
 from . import quarantine
 from .config import Config
+from .dbindex import SimilarityIndex
 from .errors import StoreError
 from .files import PathFilter
-from .index import VectorIndex
 from .intake import Intake
 from .judge import Verdict
 from .logs import get_logger
@@ -68,7 +68,7 @@ class Committed:
 
 
 class Committer:
-    def __init__(self, config: Config, store: Store, index: VectorIndex, paths: PathFilter, intake: Intake,
+    def __init__(self, config: Config, store: Store, index: SimilarityIndex, paths: PathFilter, intake: Intake,
                  metrics: Metrics, retry: Retrier, model: str) -> None:
         self.config, self.store, self.index, self.paths, self.intake = config, store, index, paths, intake
         self.metrics, self.retry, self.model = metrics, retry, model

@@ -67,6 +67,9 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
+    where: Literal["auto", "memory", "database"] = "auto"  # who answers nearest-neighbour questions (dbindex.py)
+    hnsw_m: int = 32  # the database's vector index: M of a VECTOR INDEX clipwatch creates
+    ef_search: int = 400  # the database's vector index: candidates looked at per query (mhnsw_ef_search)
     sync_interval_s: float = 2.0
     approximate_above: int = 500_000
     nprobe: int = 32

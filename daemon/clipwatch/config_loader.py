@@ -157,6 +157,8 @@ def _validate(config: Config) -> Config:
     _positive("model.max_wait_ms", m.max_wait_ms, minimum=0)
     _positive("index.approximate_above", config.index.approximate_above, minimum=0)
     _positive("index.nprobe", config.index.nprobe, minimum=1)
+    _positive("index.hnsw_m", config.index.hnsw_m, minimum=3, maximum=200)  # MariaDB's range for M
+    _positive("index.ef_search", config.index.ef_search, minimum=1, maximum=10_000)  # mhnsw_ef_search's
     _positive("model.threads", m.threads, minimum=0)
     _positive("model.decode_workers", m.decode_workers, minimum=0)
     _positive("model.max_image_pixels", m.max_image_pixels, minimum=1)
@@ -232,8 +234,9 @@ def _unit_interval(key: str, value: float) -> None:
         raise ConfigError(f"{key}: expected a cosine similarity between -1 and 1, got {value}")
 
 
-def _positive(key: str, value: int, minimum: int) -> None:
-    if value < minimum:
-        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value}")
+def _positive(key: str, value: int, minimum: int, maximum: int | None = None) -> None:
+    if value < minimum or (maximum is not None and value > maximum):
+        within = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{key}: expected an integer {within}, got {value}")
 
 

@@ -88,6 +88,10 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._row_of)
 
+    def bound(self, store: object) -> VectorIndex:
+        """This index, for a thread with another store connection: it asks no store (see DatabaseIndex)."""
+        return self
+
     def __contains__(self, row_id: int) -> bool:
         return row_id in self._row_of
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import Config
+from .dbindex import SimilarityIndex
 from .decisions import Decisions
-from .index import VectorIndex
 from .planner import Entry
 from .references import References
 from .store import SameBytes
@@ -63,7 +63,7 @@ ShasOf = Callable[[Sequence[int]], Mapping[int, str]]
 
 
 class Judge:
-    def __init__(self, config: Config, model: str, index: VectorIndex, references: References,
+    def __init__(self, config: Config, model: str, index: SimilarityIndex, references: References,
                  decisions: Decisions) -> None:
         self.duplicates, self.prohibited, self.model = config.duplicates, config.prohibited, model
         self.index, self.references, self.decisions = index, references, decisions

@@ -22,12 +22,12 @@ from . import quarantine
 from .actions import Actions
 from .changes import Change
 from .config import Config, metrics_address
+from .dbindex import SimilarityIndex, init_schema
 from .decisions import Decisions
 from .embedder import Embedder
 from .errors import ConfigError, StoreError
 from .files import PathFilter
 from .health import Health
-from .index import VectorIndex
 from .intake import Intake
 from .judge import Judge
 from .logs import get_logger
@@ -37,7 +37,7 @@ from .references import References
 from .scanner import ScanCounts, reconcile, repair_verdicts
 from .search import query_vector, search_top
 from .store import Store, open_store
-from .sync import IndexSync, load_index
+from .sync import IndexSync, open_index
 from .vocab import ChangeKind, Source
 from .watcher import Watcher
 from .web import WebServer, serve
@@ -63,7 +63,7 @@ class Service:
         self.notifier = Notifier()
         self.store: Store | None = None
         self.worker: Worker | None = None
-        self.index: VectorIndex | None = None
+        self.index: SimilarityIndex | None = None
         self.references: References | None = None
         self.sync: IndexSync | None = None
         self._sync_from = datetime.min
@@ -107,19 +107,17 @@ class Service:
         if not self.embedder.dimension:
             self.embedder.load()
         self.metrics.running_precision(self.embedder.precision)
-        if self.store.init_schema(self.embedder.dimension):
-            log.info("table_created", store=self.store.location(), table=self.config.store.table,
-                     dimension=self.embedder.dimension)
+        where, _ = init_schema(self.store, self.config.index, self.embedder.dimension, self.notifier)
         self._warn_foreign_rows()
         quarantine.recover(self.store)  # before the index is loaded and before any scan sees the files
         self.decisions.refresh(self.store)
         started = time.monotonic()
         self.notifier.extend_timeout(START_STEP_S)
         self.notifier.status("loading the similarity index")
-        self.index, since = load_index(self.store, self.embedder.identity, self.embedder.dimension,
-                                       self.config.index.approximate_above, self.config.index.nprobe)
+        self.index, since = open_index(self.store, self.config.index, where, self.embedder.identity,
+                                       self.embedder.dimension)
         self.metrics.index_size.set(len(self.index))
-        log.info("index_loaded", vectors=len(self.index), seconds=round(time.monotonic() - started, 2))
+        log.info("index_loaded", where=where, vectors=len(self.index), seconds=round(time.monotonic() - started, 2))
         references = References(self.config, self.embedder)
         references.load()
         self.metrics.references.set(len(references))
@@ -273,8 +271,8 @@ class Service:
         assert self.index is not None and self._api_store is not None
         query = query_vector(request, self.embedder.dimension, lambda: self.embedder,
                              self.config.model.max_image_pixels)
-        hits = self.index.search(query, search_top(request))
-        with self._api_lock:
+        with self._api_lock:  # the search in the database asks on the HTTP threads' connection
+            hits = self.index.bound(self._api_store).search(query, search_top(request))
             paths = self._api_store.paths_of([i for i, _ in hits])
         return {"table": self.config.store.table, "store": self._api_store.location(), "index_size": len(self.index),
                 "results": [{"id": i, "path": paths.get(i), "similarity": round(s, 6)} for i, s in hits]}

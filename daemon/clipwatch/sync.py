@@ -7,6 +7,9 @@ safety window of SAFETY_S, because a row's `updated_at` is set when its statemen
 visible only when its transaction commits a moment later; applying a row twice is harmless. The same
 round re-reads the decisions table when it changed, and the prohibited references now and then.
 
+With the search in the database (`index.where = "database"`, dbindex.py) there are no rows to follow: the
+round only re-reads the index's row count (every RECOUNT_S: `index_size`), the decisions and references.
+
 The thread survives any error: it logs it, counts it, reports it to `Health`, re-opens the connection and
 tries again next round. `/healthz` names a store it cannot reach, and a sync that has not succeeded for
 several intervals.
@@ -18,6 +21,8 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+from .config import IndexConfig
+from .dbindex import DatabaseIndex, SimilarityIndex, Where
 from .decisions import Decisions
 from .errors import StoreError
 from .health import INDEX_SYNC, Health
@@ -31,6 +36,7 @@ from .vocab import Reason, Stage
 log = get_logger(__name__)
 SAFETY_S = 10.0
 TOMBSTONES_KEPT = timedelta(days=1)
+RECOUNT_S = 30.0  # a COUNT(*) over millions of rows is not free
 
 
 def load_index(store: Store, model: str, dimension: int, approximate_above: int = 0,
@@ -45,26 +51,42 @@ def load_index(store: Store, model: str, dimension: int, approximate_above: int 
     return index, started - timedelta(seconds=SAFETY_S)
 
 
+def open_index(store: Store, config: IndexConfig, where: Where, model: str, dimension: int) -> tuple[
+        SimilarityIndex, datetime]:
+    """The similarity index `dbindex.init_schema` chose: the database's (nothing to load, nothing to sync), or
+    every vector loaded into memory. Returns it and the time to sync from."""
+    if where == "database":
+        index = DatabaseIndex(store, model, dimension, config.ef_search)
+        index.recount(store)
+        return index, datetime.min
+    return load_index(store, model, dimension, config.approximate_above, config.nprobe)
+
+
 class IndexSync:
-    def __init__(self, store: Store, index: VectorIndex, model: str, since: datetime, interval_s: float,
+    def __init__(self, store: Store, index: SimilarityIndex, model: str, since: datetime, interval_s: float,
                  references: References, refresh_s: float, metrics: Metrics, health: Health,
                  decisions: Decisions, page: int = PAGE) -> None:
         self.store, self.index, self.model, self.since = store, index, model, since
         self.interval_s, self.references, self.refresh_s, self.metrics = interval_s, references, refresh_s, metrics
         self.health, self.decisions, self.page = health, decisions, page
         self._next_refresh = time.monotonic() + refresh_s
-        self._next_prune = time.monotonic()
+        self._next_prune = self._next_recount = time.monotonic()
 
     def sync_once(self) -> int:
         """Apply one round of changes; returns how many rows changed in the index."""
         until = self.store.now()
         changed = 0
-        for page in self.store.iter_changes(self.since, self.model, self.page):
-            if len(page.ids):
-                self.index.upsert(page.ids, page.vectors)
-            self.index.remove(page.other_model + page.deleted)
-            changed += len(page.ids) + len(page.deleted)
-        self.since = until - timedelta(seconds=SAFETY_S)
+        if isinstance(self.index, DatabaseIndex):
+            if time.monotonic() >= self._next_recount:
+                self.index.recount(self.store)
+                self._next_recount = time.monotonic() + RECOUNT_S
+        else:
+            for page in self.store.iter_changes(self.since, self.model, self.page):
+                if len(page.ids):
+                    self.index.upsert(page.ids, page.vectors)
+                self.index.remove(page.other_model + page.deleted)
+                changed += len(page.ids) + len(page.deleted)
+            self.since = until - timedelta(seconds=SAFETY_S)
         self.metrics.index_size.set(len(self.index))
         self.decisions.refresh(self.store)
         if time.monotonic() >= self._next_prune:

@@ -32,11 +32,11 @@ from .batcher import Batcher, Formed, Loaded
 from .changes import Change
 from .committer import Committed, Committer
 from .config import Config
+from .dbindex import SimilarityIndex
 from .embedder import Embedder
 from .errors import FileRejected
 from .files import PathFilter, name_problem
 from .health import Health
-from .index import VectorIndex
 from .intake import Intake
 from .judge import Evidence, Judge
 from .logs import get_logger
@@ -52,7 +52,7 @@ log = get_logger(__name__)
 
 class Worker:
     def __init__(self, config: Config, intake: Intake, store: Store, embedder: Embedder, paths: PathFilter,
-                 metrics: Metrics, index: VectorIndex, judge: Judge, health: Health,
+                 metrics: Metrics, index: SimilarityIndex, judge: Judge, health: Health,
                  notifier: Notifier | None = None) -> None:
         self.config, self.intake, self.store, self.embedder = config, intake, store, embedder
         self.paths, self.metrics, self.index, self.judge = paths, metrics, index, judge
@@ -236,9 +236,11 @@ class Worker:
         for row in copies:
             copies_of.setdefault(row.match_id or 0, set()).add(row.id)
         evidence = Evidence(same_bytes, plan.excluded, {k: frozenset(v) for k, v in copies_of.items()})
-        with self.metrics.stage_seconds.labels(Stage.CHECK).time():
-            verdicts = self.judge.judge(entries, evidence,
-                                        lambda ids: self.retry(lambda: self.store.shas_of(ids), stop) or {})
+        with self.metrics.stage_seconds.labels(Stage.CHECK).time():  # retried: the index may be the database's
+            verdicts = self.retry(lambda: self.judge.judge(
+                entries, evidence, lambda ids: self.retry(lambda: self.store.shas_of(ids), stop) or {}), stop)
+        if verdicts is None:
+            return None
         for v in verdicts:
             if v.nearest is not None:
                 self.metrics.best_match.observe(v.nearest)

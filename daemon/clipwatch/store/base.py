@@ -48,6 +48,7 @@ class Store(ABC):
             raise StoreError(f"invalid table name {table!r}")
         self.table, self.instance = table, instance
         self.dimension: int | None = None
+        self.vector_index_m = 0  # > 0: `create_table` gives the table a vector index with this M (dbindex.py)
 
     # --- connection and schema --------------------------------------------------------------------
 
@@ -96,6 +97,24 @@ class Store(ABC):
             raise StoreError(f"refusing a vector of shape {vec.shape} ({vec.dtype}) for {op.path!r}: the table "
                              f"holds float32 vectors of dimension {self.dimension}")
         return vec.astype("<f4", copy=False).tobytes()
+
+    # --- the database's own similarity search (index.where = "database", dbindex.py) ---------------
+
+    def vector_search_missing(self) -> str | None:
+        """None when this server answers nearest-neighbour queries from a vector index; else why it cannot."""
+        return f"{self.backend} has no vector index"
+
+    def has_vector_index(self) -> bool:
+        return False
+
+    def add_vector_index(self, m: int) -> None:
+        raise StoreError(f"{self.location()}: {self.vector_search_missing()}")
+
+    def nearest(self, model: str, queries: np.ndarray, k: int, exclude: frozenset[int],
+                ef_search: int) -> list[list[tuple[int, float]]]:
+        """For each query (a unit vector), the k rows of `model` nearest to it by the server's vector index,
+        leaving out `exclude`: (id, cosine similarity), best first."""
+        raise StoreError(f"{self.location()}: {self.vector_search_missing()}")
 
     # --- rows -------------------------------------------------------------------------------------
 

@@ -132,6 +132,20 @@ class MySQLStore(SQLStore):
             raise StoreError(f"table {self.table!r} exists but its embedding column is {column_type!r}, not VECTOR")
         return int(match.group(1))
 
+    def vector_search_missing(self) -> str | None:
+        """MySQL 9 Community has neither a distance function nor a vector index (docs/mysql9.md). HeatWave and
+        MySQL AI have `DISTANCE()`: probed, so that the reason names them, but not used: clipwatch's search in
+        the database is built and tested on MariaDB only (no such server can be run here)."""
+        try:
+            self._fetch("SELECT DISTANCE(STRING_TO_VECTOR('[1]'), STRING_TO_VECTOR('[1]'), 'COSINE')")
+        except StoreError:
+            return "MySQL 9 Community has no vector distance function and no vector index"
+        return ("this MySQL server has DISTANCE() (HeatWave or MySQL AI), but clipwatch's search in the database "
+                "is built and tested on MariaDB 11.7+ only")
+
+    def _vector_index_ddl(self) -> str:
+        return ""  # MySQL: see vector_search_missing
+
     def create_table(self, dimension: int) -> None:
         # DDL cannot be parameterised: the table name is a validated identifier, the dimension an int.
         self._fetch(f"""
@@ -157,7 +171,7 @@ class MySQLStore(SQLStore):
                 KEY updated_at (updated_at),
                 KEY model_id (model, id),
                 KEY match_id (match_id),
-                KEY status_updated (status, updated_at)
+                KEY status_updated (status, updated_at){self._vector_index_ddl()}
             ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin COMMENT = 'clipwatch {self.backend}'
         """)
 

@@ -1,0 +1,90 @@
+"""The similarity search in the database (`index.where`, dbindex.py): who answers, and that the answers
+are the in-memory index's, on real servers (MariaDB 11.8's vector index; MySQL 9 and SQLite, which have
+none)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from clipwatch.config import Config
+from clipwatch.dbindex import DatabaseIndex, choose, init_schema
+from clipwatch.errors import ConfigError
+from clipwatch.index import VectorIndex
+from clipwatch.store import Delete, Upsert, open_store
+from conftest import drop_mysql_table
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int = 512) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "mysql"], indirect=True)
+def test_servers_without_a_vector_index_keep_it_in_memory_and_refuse_database_with_the_reason(
+        store_url: str, make_config: Callable[..., Config]):
+    store = open_store(make_config(store_url))
+    try:
+        assert choose(store, make_config(store_url, index__where="auto").index) == "memory"
+        with pytest.raises(ConfigError, match="no vector (distance function and no vector )?index"):
+            choose(store, make_config(store_url, index__where="database").index)
+    finally:
+        store.close()
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("store_url", ["mariadb"], indirect=True)
+def test_auto_takes_mariadbs_index_for_a_new_table_but_not_for_an_old_one_without_it(
+        store_url: str, make_config: Callable[..., Config]):
+    config = make_config(store_url)
+    store = open_store(config)
+    try:
+        store.init_schema(512)  # made before, without a vector index: building one can take minutes
+        assert not store.has_vector_index()
+        assert choose(store, config.index) == "memory"
+        assert choose(store, make_config(store_url, index__where="memory").index) == "memory"
+        where, created = init_schema(store, make_config(store_url, index__where="database").index, 512)
+        assert (where, created) == ("database", False) and store.has_vector_index()  # built, as asked
+        assert choose(store, config.index) == "database"  # auto, from now on
+    finally:
+        store.close()
+    fresh = open_store(make_config(store_url, store__table=config.store.table + "_new"))
+    try:
+        assert init_schema(fresh, config.index, 512) == ("database", True) and fresh.has_vector_index()
+    finally:
+        fresh.close()
+        drop_mysql_table(fresh.table, store_url)
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("store_url", ["mariadb"], indirect=True)
+def test_the_database_answers_what_the_memory_index_answers(store_url: str, make_config: Callable[..., Config]):
+    config = make_config(store_url)
+    store = open_store(config)
+    try:
+        init_schema(store, config.index, 512)
+        rng = np.random.default_rng(5)
+        vectors = _unit(rng, 300)
+        applied = store.apply([Upsert(f"/r/{i}.jpg", f"{i:064x}", 1, 1.0, "m", v) for i, v in enumerate(vectors)]
+                              + [Upsert("/r/other.jpg", "f" * 64, 1, 1.0, "other-model", vectors[0])])
+        ids = np.asarray([applied.ids[f"/r/{i}.jpg"] for i in range(300)])
+        store.apply([Delete("/r/7.jpg")])
+        memory = VectorIndex(512)
+        memory.upsert(np.delete(ids, 7), np.delete(vectors, 7, axis=0))
+        database = DatabaseIndex(store, "m", 512, ef_search=config.index.ef_search)
+        assert database.recount(store) == len(database) == 299  # the other model's row is not counted
+
+        near = vectors[[0, 7, 42, 299]] + 0.02 * rng.standard_normal((4, 512)).astype(np.float32) / np.sqrt(512)
+        near /= np.linalg.norm(near, axis=1, keepdims=True)
+        exclude = {int(ids[42])}  # as the judge excludes the rows its batch rewrites
+        got, expected = database.search_many(near, 3, exclude), memory.search_many(near, 3, exclude)
+        assert [[i for i, _ in hits] for hits in got] == [[i for i, _ in hits] for hits in expected]
+        assert np.allclose([s for hits in got for _, s in hits], [s for hits in expected for _, s in hits], atol=1e-5)
+        assert got[0][0][0] == ids[0]  # not the other model's row with the same vector
+        assert all(int(ids[7]) not in [i for i, _ in hits] for hits in got)  # deleted: gone with its transaction
+        assert database.search(vectors[5], 1) == [(int(ids[5]), pytest.approx(1.0, abs=1e-6))]
+        assert database.search_many(near, 0) == [[], [], [], []]
+    finally:
+        store.close()
