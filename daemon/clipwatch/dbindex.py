@@ -41,10 +41,8 @@ BUILD_TIMEOUT_S = 4 * 3600.0  # systemd's start timeout, extended while a vector
 
 
 class DatabaseIndex:
-    """Nearest rows of one model, answered by the database's vector index through `store`."""
-
-    needs_sync = False  # every instance asks the same index: the index sync has no rows to follow
-    approximate = True  # HNSW: the true nearest row can be missed (recall in docs/benchmarks.md)
+    """Nearest rows of one model, answered by the database's vector index through `store`. Approximate
+    (HNSW): the true nearest row can be missed; every similarity it reports is exact (docs/benchmarks.md)."""
 
     def __init__(self, store: Store, model: str, dimension: int, ef_search: int, size: list[int] | None = None):
         self.store, self.model, self.dimension, self.ef_search = store, model, dimension, ef_search
@@ -81,12 +79,6 @@ class DatabaseIndex:
 
     def remove(self, ids: Iterable[int]) -> None:
         """Nothing to do: deleted rows left the database's index with their transaction."""
-
-    def nbytes(self) -> int:
-        return 0
-
-    def wait_until_approximate(self, timeout: float) -> bool:
-        return True
 
 
 SimilarityIndex = VectorIndex | DatabaseIndex
