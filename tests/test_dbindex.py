@@ -5,6 +5,7 @@ none)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from clipwatch.dbindex import DatabaseIndex, choose, init_schema
 from clipwatch.errors import ConfigError
 from clipwatch.index import VectorIndex
 from clipwatch.store import Delete, Upsert, open_store
-from conftest import drop_mysql_table
+from conftest import Harness, drop_mysql_table, write_image
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 512) -> np.ndarray:
@@ -88,3 +89,38 @@ def test_the_database_answers_what_the_memory_index_answers(store_url: str, make
         assert database.search_many(near, 0) == [[], [], [], []]
     finally:
         store.close()
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("store_url", ["mariadb"], indirect=True)
+def test_a_connection_lost_during_the_duplicate_check_is_retried_and_the_copy_still_flagged(
+        make_harness: Callable[..., Harness], tmp_path: Path):
+    """The database answers the duplicate check on the worker's connection; when that connection dies at
+    that very moment (killed by the server, as a restart or a network cut would), the worker re-opens it
+    and asks again: the batch is neither lost nor judged without its match."""
+    h = make_harness()
+    index = h.service.index
+    assert isinstance(index, DatabaseIndex)
+    original = write_image(h.root / "original.jpg", seed=3)
+    h.upsert(original)
+    asked = index.store.nearest
+    killed = []
+
+    def killed_first(*args, **kwargs):  # a real KILL from another connection, at the moment of the query
+        if not killed:
+            admin = open_store(h.config)
+            try:
+                admin._fetch(f"KILL CONNECTION {int(index.store.conn.connection_id)}")
+            finally:
+                admin.close()
+            killed.append(True)
+        return asked(*args, **kwargs)
+
+    index.store.nearest = killed_first  # type: ignore[method-assign]
+    copy = h.root / "copy.jpg"
+    copy.write_bytes(original.read_bytes() + b"\0")  # other bytes, same picture: found by the vector index
+    h.upsert(copy)
+    v = h.verdicts()
+    assert killed and v[str(copy)][1:3] == ("duplicate", v[str(original)].id)
+    assert h.metrics.registry.get_sample_value("clipwatch_errors_total",
+                                               {"stage": "store", "reason": "store_error"}) == 1
