@@ -70,7 +70,8 @@ class IndexSync:
         self.interval_s, self.references, self.refresh_s, self.metrics = interval_s, references, refresh_s, metrics
         self.health, self.decisions, self.page = health, decisions, page
         self._next_refresh = time.monotonic() + refresh_s
-        self._next_prune = self._next_recount = time.monotonic()
+        self._next_prune = time.monotonic()
+        self._next_recount = time.monotonic() + RECOUNT_S  # `open_index` has just counted
 
     def sync_once(self) -> int:
         """Apply one round of changes; returns how many rows changed in the index."""
