@@ -55,9 +55,19 @@ from clipwatch.embedder import Embedder
 from clipwatch.review import decide
 from clipwatch.store import FinishMove, Upsert
 from clipwatch.vocab import ChangeKind, Decision
-from conftest import MARIADB_URL, MYSQL_URL, Harness, all_verdicts, drop_mysql_table, write_image
+from conftest import (
+    MARIADB_URL,
+    MYSQL_URL,
+    Harness,
+    all_verdicts,
+    drop_mysql_table,
+    mariadb_url,
+    mysql_url,
+    write_image,
+)
 
 EXAMPLES = int(os.environ.get("CLIPWATCH_PROPERTY_EXAMPLES", "0"))
+SERVERS = {"mysql": MYSQL_URL, "mariadb": MARIADB_URL}
 CRASH_POINTS = ("before the commit", "inside the transaction", "after the commit", "between link and unlink",
                 "before the journal is cleared")
 TALLY: Counter[str] = Counter()  # what a long run reached, printed at its end (`pytest -s`)
@@ -107,7 +117,7 @@ class UploadDirectory(RuleBasedStateMachine):
         self.h = self._open()
 
     def _open(self) -> Harness:
-        url = {"mysql": MYSQL_URL, "mariadb": MARIADB_URL}.get(self.store_kind, f"sqlite://{self.base}/store.sqlite3")
+        url = SERVERS.get(self.store_kind, f"sqlite://{self.base}/store.sqlite3")
         env = {"CLIPWATCH_WATCH__PATHS": str(self.root), "CLIPWATCH_MODEL__NAME": str(self.model_dir),
                "CLIPWATCH_MODEL__DEVICE": "cpu", "CLIPWATCH_MODEL__MAX_WAIT_MS": "0", "CLIPWATCH_STORE__URL": url,
                "CLIPWATCH_STORE__TABLE": self.table, "CLIPWATCH_STORE__INSTANCE": "test",
@@ -126,8 +136,8 @@ class UploadDirectory(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.h is not None:
             self.h.service.close()
-        if self.store_kind in ("mysql", "mariadb"):
-            drop_mysql_table(self.table, MYSQL_URL if self.store_kind == "mysql" else MARIADB_URL)
+        if self.store_kind in SERVERS:
+            drop_mysql_table(self.table, SERVERS[self.store_kind])
         shutil.rmtree(self.base, ignore_errors=True)
 
     # --- what happens to the files ----------------------------------------------------------------------
@@ -366,15 +376,13 @@ def test_random_lives_of_an_upload_directory_keep_every_promise_on_sqlite(embedd
 @pytest.mark.mysql
 @pytest.mark.timeout(600 if not EXAMPLES else 10 * EXAMPLES)
 def test_random_lives_of_an_upload_directory_keep_every_promise_on_mysql(embedder: Embedder, model_dir: Path):
-    if not MYSQL_URL:
-        pytest.fail("CLIPWATCH_TEST_MYSQL_URL is not set: run the suite with scripts/test")
+    mysql_url()  # fails, never skips, without a server
     _run(embedder, model_dir, "mysql", examples=20, steps=20)
 
 
 @pytest.mark.mariadb
 @pytest.mark.timeout(600 if not EXAMPLES else 10 * EXAMPLES)
 def test_random_lives_of_an_upload_directory_keep_every_promise_on_mariadb(embedder: Embedder, model_dir: Path):
-    if not MARIADB_URL:
-        pytest.fail("CLIPWATCH_TEST_MARIADB_URL is not set: run the suite with scripts/test")
+    mariadb_url()  # fails, never skips, without a server
     _run(embedder, model_dir, "mariadb", examples=20, steps=20)
 
