@@ -60,7 +60,8 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0, interval:
 def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 48), fmt: str | None = None) -> Path:
     """A random image (distinct per seed) of smooth blobs, like a photo's: pixel noise would make the
     JPEG decoder's DCT downscale (the fast preprocessing) and a plain resize disagree more than on any
-    real picture."""
+    real picture. Its directory is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     blobs = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8))
     blobs.resize(size, Image.Resampling.BICUBIC).save(path, format=fmt or "JPEG")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from clipwatch.config import ConfigError
+from clipwatch.config import Config, ConfigError
 from clipwatch.config_loader import SECTIONS, load_config
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "clipwatch.example.toml"
@@ -97,3 +98,12 @@ def test_mysql_url_parts_are_decoded(tmp_path: Path):
         "clip@app", "p@ss", "db.local", 3307, "images_db")
     sock = load_config(None, env={"CLIPWATCH_STORE__URL": "mysql://clip@/db?unix_socket=/run/mysqld/mysqld.sock"})
     assert sock.store_url.path == "/run/mysqld/mysqld.sock"
+
+
+@pytest.mark.parametrize("where", ["inside an incoming directory", "holding one", "holding the quarantine"])
+def test_a_publish_directory_that_would_mix_incoming_or_private_files_is_refused_at_start(
+        make_config: Callable[..., Config], tmp_path: Path, where: str):
+    publish = {"inside an incoming directory": tmp_path / "watched" / "public", "holding one": tmp_path,
+               "holding the quarantine": tmp_path / "public"}[where]
+    with pytest.raises(ConfigError, match="publish_dir"):
+        make_config(watch__publish_dir=str(publish), quarantine__dir=str(tmp_path / "public" / "q"))

@@ -32,9 +32,9 @@ from clipwatch.web.thumbs import Thumbnails
 from clipwatch.web.users import LoginThrottle, set_user
 from conftest import Client, Daemon, clipwatch_command, free_port, rows_under, run_cli, wait_until, write_image
 
-PROTECTED = [("GET", "/"), ("POST", "/search"), ("GET", "/thumb/1"), ("GET", "/file/1"), ("POST", "/api/decide"),
-             ("GET", "/history"), ("POST", "/api/quarantine"), ("POST", "/api/release"), ("POST", "/api/undo"),
-             ("GET", "/calibrate")]
+PROTECTED = [("GET", "/"), ("POST", "/search"), ("POST", "/check"), ("GET", "/thumb/1"), ("GET", "/file/1"),
+             ("POST", "/api/decide"), ("GET", "/history"), ("POST", "/api/quarantine"), ("POST", "/api/release"),
+             ("POST", "/api/undo"), ("GET", "/calibrate")]
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 

@@ -14,11 +14,16 @@ What happens to a file judged duplicate or prohibited, step by step (`duplicates
    between 2 and 3 is repaired at the next start, before anything else: the journal is replayed.
 
 Files the worker refused (broken images) are moved to `errors.quarantine_dir` after the commit too.
+
+With a publish gate (`watch.publish_dir`, publish.py), a file of an incoming directory that passed is
+moved the same way, step by step, into the publish directory (`Action.PUBLISH` in the journal).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +40,7 @@ from .judge import Verdict
 from .logs import get_logger
 from .metrics import Metrics
 from .planner import Entry, Failure, Plan
+from .publish import Echoes, Gate, NameTaken
 from .retry import Retrier
 from .store import ActionRecord, Applied, Delete, JournalMove, Op, PendingMove, RecordAction, Rename, Store, Upsert
 from .vocab import MOVABLE_REASONS, Action, Deed, Reason, Result, Stage, Status
@@ -50,6 +56,7 @@ class Placement:
     verdict: Verdict
     action: Action  # the verdict's, or flag when the file cannot be moved
     row: Upsert  # at the file's own path or its name in the quarantine; not written for a rejected file
+    held: str = ""  # a file that passed but stays in incoming: the file that has its name in the publish dir
 
     @property
     def stored(self) -> bool:
@@ -69,9 +76,10 @@ class Committed:
 
 class Committer:
     def __init__(self, config: Config, store: Store, index: SimilarityIndex, paths: PathFilter, intake: Intake,
-                 metrics: Metrics, retry: Retrier, model: str) -> None:
+                 metrics: Metrics, retry: Retrier, model: str, echoes: Echoes | None = None) -> None:
         self.config, self.store, self.index, self.paths, self.intake = config, store, index, paths, intake
         self.metrics, self.retry, self.model = metrics, retry, model
+        self.gate, self.echoes = Gate(config.watch.paths, config.watch.publish_dir), echoes or Echoes()
 
     def commit(self, plan: Plan, entries: Sequence[Entry], verdicts: Sequence[Verdict],
                failures: Sequence[Failure], stop: threading.Event | None) -> Committed | None:
@@ -93,6 +101,9 @@ class Committer:
         self._log_verdicts(placements, applied, moved)
         for failure in [*plan.failures, *failures]:
             self._refused(failure)
+        for p in placements:
+            if p.held:
+                self._held(p)
         counts = Counter(plan.counts)
         counts[Result.FAILED] += len(plan.failures) + len(failures)
         counts.update(_result(p, outcomes.get(p.entry.key)) for p in placements)
@@ -101,11 +112,11 @@ class Committer:
 
     def _place(self, entries: Sequence[Entry], verdicts: Sequence[Verdict]) -> list[Placement]:
         taken: set[str] = set()
-        placed: list[tuple[Entry, Verdict, Action, str]] = []
+        placed: list[tuple[Entry, Verdict, Action, str, str]] = []
         for entry, verdict in zip(entries, verdicts, strict=True):
-            action, path = verdict.action if verdict.status != Status.OK else Action.FLAG, entry.path
-            if action == Action.QUARANTINE and not entry.on_disk:
-                action = Action.FLAG  # an imported vector whose file is elsewhere: nothing to move
+            action, path, held = verdict.action if verdict.status != Status.OK else Action.FLAG, entry.path, ""
+            if action == Action.QUARANTINE and not entry.on_disk or self.gate.is_published(entry.path):
+                action = Action.FLAG  # an imported vector whose file is elsewhere, or a public file: not moved
             if action != Action.FLAG and entry.on_disk:
                 try:
                     path = quarantine.reserve(entry.path, self.paths, self.config.quarantine.dir, taken)
@@ -113,14 +124,23 @@ class Committer:
                     log.error("quarantine_failed", path=entry.path, error=str(exc), action="flag instead")
                     self.metrics.error(Stage.MOVE, Reason.MOVE_FAILED)
                     action = Action.FLAG
-            placed.append((entry, verdict, action, path))
-        final = {e.key: path for e, _, action, path in placed if action != Action.REJECT}
-        return [Placement(e, v, action, _row(e, v, path, final)) for e, v, action, path in placed]
+            elif entry.on_disk and not entry.rejudge and self.gate.root_of(entry.path):
+                try:
+                    path, action = self.gate.reserve(entry.path, taken), Action.PUBLISH
+                except NameTaken as exc:
+                    held = exc.dest
+                except OSError as exc:
+                    log.error("publish_failed", path=entry.path, error=str(exc), action="kept in incoming; tried "
+                              "again at the next rescan")
+                    self.metrics.error(Stage.MOVE, Reason.MOVE_FAILED)
+            placed.append((entry, verdict, action, path, held))
+        final = {e.key: path for e, _, action, path, _ in placed if action != Action.REJECT}
+        return [Placement(e, v, action, _row(e, v, path, final), held) for e, v, action, path, held in placed]
 
     def _ops_of(self, p: Placement) -> list[Op]:
         e = p.entry
         ops: list[Op] = []
-        if p.action == Action.QUARANTINE and e.own_id is not None:
+        if p.action in (Action.QUARANTINE, Action.PUBLISH) and e.own_id is not None:
             ops.append(Rename(e.path, p.row.path))  # the file's earlier row follows it, keeping its id
         elif p.action == Action.REJECT and e.own_id is not None:
             ops.append(Delete(e.path))
@@ -146,11 +166,20 @@ class Committer:
             if not p.moves:
                 continue
             pending = PendingMove(applied.moves[p.row.path], p.entry.path, p.row.path, p.action, p.entry.sha256)
+            landed = _ctime(pending.src)
+            self.echoes.expect(pending.src, pending.dest)
             outcome, why = quarantine.complete(pending)
             outcomes[p.entry.key] = outcome
             if outcome == quarantine.Outcome.FAILED:
-                log.error("quarantine_failed", path=p.entry.path, error=why, action="flag instead")
+                log.error(f"{'publish' if p.action == Action.PUBLISH else 'quarantine'}_failed", path=p.entry.path,
+                          error=why, action="kept in incoming; tried again at the next rescan"
+                          if p.action == Action.PUBLISH else "flag instead")
                 self.metrics.error(Stage.MOVE, Reason.MOVE_FAILED)
+            elif p.action == Action.PUBLISH and outcome == quarantine.Outcome.MOVED:
+                self.metrics.published.inc()
+                if landed is not None:
+                    self.metrics.publish_latency.observe(max(0.0, time.time() - landed))
+                log.info("published", path=p.entry.path, published_to=p.row.path, status=p.verdict.status)
             after += quarantine.settle(pending, outcome, replace(p.row, path=p.entry.path))
             if p.action == Action.QUARANTINE and outcome == quarantine.Outcome.MOVED:  # the history says whence
                 after.append(RecordAction(ActionRecord(Deed.QUARANTINED, applied.ids.get(p.row.path), p.entry.path,
@@ -170,6 +199,7 @@ class Committer:
             paths = {}  # the log line loses a detail; the row has it
         for p in flagged:
             v, done = p.verdict, p.action if p.entry.key in moved or not p.moves else Action.FLAG
+            done = Action.FLAG if done == Action.PUBLISH else done  # the verdict's action; moved_to says where
             self.metrics.verdicts.labels(v.status, done).inc()
             if v.match_key is not None:
                 matched: str | None = by_key[v.match_key].row.path
@@ -194,6 +224,24 @@ class Committer:
         if moved_to is None:
             self.intake.remember_refused(path)  # not tried again until it changes
         log.warning("file_rejected", path=path, reason=exc.reason, error=str(exc), moved_to=moved_to)
+
+
+    def _held(self, p: Placement) -> None:
+        """A file that passed but whose name in the publish directory holds another file: it stays in incoming
+        (its row there), and is tried again once that file is gone."""
+        self.metrics.error(Stage.MOVE, Reason.PUBLISH_NAME_TAKEN)
+        self.intake.remember_refused(p.entry.path, until_gone=p.held)
+        log.warning("file_rejected", path=p.entry.path, reason=Reason.PUBLISH_NAME_TAKEN, taken_by=p.held,
+                    error=f"its name in the publish directory holds another file ({p.held}); nothing is overwritten",
+                    action="kept in incoming with its row; published at the first rescan after that name is free")
+
+
+def _ctime(path: str) -> float | None:
+    """When the file was last written or renamed into its directory: when it became complete in incoming."""
+    try:
+        return os.lstat(path).st_ctime
+    except OSError:
+        return None
 
 
 def _result(p: Placement, outcome: quarantine.Outcome | None) -> Result:

@@ -39,6 +39,8 @@ class WatchConfig:
     queue_size: int = 1024
     max_file_bytes: int = 256 * 1024 * 1024
     rescan_interval_s: float = 300.0
+    publish_dir: str = ""  # set: the paths are incoming directories; a file that passes moves here (publish.py)
+    publish_max_wait_s: float = 60.0  # a file waiting longer in incoming raises ClipwatchPublishStalled
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,11 @@ class Config:
     source: str = ""  # the file it was read from, for messages
 
     # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Every directory watched and reconciled: the watch.paths and, when set, watch.publish_dir."""
+        return (*self.watch.paths, self.watch.publish_dir) if self.watch.publish_dir else self.watch.paths
 
     @property
     def data_dir(self) -> Path:

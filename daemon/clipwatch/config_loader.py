@@ -38,6 +38,7 @@ from .config import (
     parse_listen,
 )
 from .errors import ConfigError
+from .vocab import VERDICT_ACTIONS
 
 SECTIONS: dict[str, type] = {
     "watch": WatchConfig,
@@ -192,15 +193,17 @@ def _validate(config: Config) -> Config:
     quarantine = _absolute(config.quarantine.dir or os.path.join(data_dir, "quarantine"))
     reference_dir = _absolute(config.prohibited.reference_dir) if config.prohibited.reference_dir else ""
     bad_files = _absolute(config.errors.quarantine_dir) if config.errors.quarantine_dir else ""
-    for key, inner in (("quarantine.dir", quarantine), ("prohibited.reference_dir", reference_dir),
-                       ("errors.quarantine_dir", bad_files)):
-        for root in paths:
-            if inner and (inner == root or inner.startswith(root.rstrip(os.sep) + os.sep)):
-                raise ConfigError(f"{key}: {inner!r} is inside the watched directory {root!r}; its files would "
-                                  "be ingested as uploads. Put it outside every watch.paths entry")
+    _apart(paths, {"quarantine.dir": quarantine, "prohibited.reference_dir": reference_dir,
+                   "errors.quarantine_dir": bad_files})
+    publish = _validate_publish(w, paths, {"quarantine.dir": quarantine, "prohibited.reference_dir": reference_dir,
+                                           "errors.quarantine_dir": bad_files, "daemon.data_dir": data_dir})
+    for key, action in (("duplicates.action", config.duplicates.action),
+                        ("prohibited.action", config.prohibited.action)):
+        if action not in VERDICT_ACTIONS:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, VERDICT_ACTIONS))}, got {str(action)!r}")
     return dataclasses.replace(
         config,
-        watch=dataclasses.replace(w, paths=paths, extensions=exts),
+        watch=dataclasses.replace(w, paths=paths, extensions=exts, publish_dir=publish),
         store=dataclasses.replace(s, instance=s.instance or socket.gethostname()),
         daemon=dataclasses.replace(d, data_dir=data_dir),
         quarantine=QuarantineConfig(dir=quarantine),
@@ -223,6 +226,40 @@ def _validate_http(h: HTTPConfig) -> HTTPConfig:
     return dataclasses.replace(h, users_file=_absolute(h.users_file) if h.users_file else "",
                                tls_cert=_absolute(h.tls_cert) if h.tls_cert else "",
                                tls_key=_absolute(h.tls_key) if h.tls_key else "")
+
+
+def _apart(paths: tuple[str, ...], directories: dict[str, str]) -> None:
+    for key, inner in directories.items():
+        for root in paths:
+            if inner and _within(inner, root):
+                raise ConfigError(f"{key}: {inner!r} is inside the watched directory {root!r}; its files would "
+                                  "be ingested as uploads. Put it outside every watch.paths entry")
+
+
+def _validate_publish(w: WatchConfig, paths: tuple[str, ...], private: dict[str, str]) -> str:
+    """watch.publish_dir, absolute: apart from every incoming directory, and holding nothing private."""
+    if w.publish_max_wait_s <= 0:
+        raise ConfigError(f"watch.publish_max_wait_s: expected a number of seconds > 0, got {w.publish_max_wait_s}")
+    if not w.publish_dir:
+        return ""
+    publish = _absolute(w.publish_dir)
+    for root in paths:
+        if _within(publish, root) or _within(root, publish):
+            raise ConfigError(f"watch.publish_dir: {publish!r} and the incoming directory {root!r} overlap; the "
+                              "public directory must be apart from every watch.paths entry")
+    for key, inner in private.items():
+        if inner and _within(inner, publish):
+            raise ConfigError(f"{key}: {inner!r} is inside watch.publish_dir {publish!r}, which the web server "
+                              "serves; put it elsewhere")
+    names = [os.path.basename(root.rstrip(os.sep)) for root in paths]
+    if len(paths) > 1 and len(set(names)) < len(names):
+        raise ConfigError(f"watch.paths: with watch.publish_dir and several incoming directories, each publishes "
+                          f"into the subdirectory of its own name, so the names must differ: {', '.join(paths)}")
+    return publish
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 def _absolute(path: str) -> str:

@@ -53,6 +53,7 @@ class Intake:
         self.metrics.queue_capacity.set(capacity)
         self._pending: dict[str, _Pending] = {}
         self._refused: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._blocked: dict[str, str] = {}  # refused path -> the file in its way
         self._lock = threading.Lock()
         self.closed = threading.Event()
         self.rescan_wanted = threading.Event()
@@ -143,7 +144,9 @@ class Intake:
 
     # --- files the worker refused -------------------------------------------------------------------
 
-    def remember_refused(self, path: str) -> None:
+    def remember_refused(self, path: str, until_gone: str = "") -> None:
+        """`until_gone`: the file that stands in its way (a name taken in the publish directory); once it is
+        gone, the next rescan tries this file again even though it did not change."""
         try:
             st = os.lstat(path)  # any kind of file: a FIFO named x.jpg is refused once, not at every rescan
         except OSError:
@@ -151,8 +154,10 @@ class Intake:
         with self._lock:
             self._refused[path] = (st.st_size, st.st_mtime_ns)
             self._refused.move_to_end(path)
+            if until_gone:
+                self._blocked[path] = until_gone
             while len(self._refused) > REFUSED_MAX:
-                self._refused.popitem(last=False)
+                self._blocked.pop(self._refused.popitem(last=False)[0], None)
 
     def refused_unchanged(self, path: str, size: int, mtime_ns: int) -> bool:
         """True if the worker refused this file and it has not changed since."""
@@ -160,13 +165,16 @@ class Intake:
             return self._refused.get(path) == (size, mtime_ns)
 
     def prune_refused(self) -> int:
-        """Forget refused files that changed or are gone (they are tried again). Returns how many."""
+        """Forget refused files that changed or are gone, or whose way is free now (they are tried again).
+        Returns how many."""
         with self._lock:
-            remembered = list(self._refused.items())
-        gone = [path for path, signature in remembered if _signature(path) != signature]
+            remembered, blocked = list(self._refused.items()), dict(self._blocked)
+        gone = [path for path, signature in remembered if _signature(path) != signature
+                or (path in blocked and not os.path.lexists(blocked[path]))]
         with self._lock:
             for path in gone:
                 self._refused.pop(path, None)
+                self._blocked.pop(path, None)
         return len(gone)
 
     def run_settle_loop(self) -> None:

@@ -6,12 +6,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
 from .errors import FileRejected
-from .vocab import REASON_STAGE, TIMED_STAGES, Action, Reason, Refusal, Result, Source, Stage, Status
+from .vocab import REASON_STAGE, TIMED_STAGES, VERDICT_ACTIONS, Reason, Refusal, Result, Source, Stage, Status
 
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PUBLISH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30, 60, 300, 1800, 3600)
 FILL_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
@@ -77,10 +78,25 @@ class Metrics:
                                registry=r)
         self.searches = Histogram("clipwatch_search_duration_seconds", "Time to answer POST /search",
                                   buckets=SECONDS_BUCKETS, registry=r)
+        self.published = Counter("clipwatch_files_published_total",
+                                 "Files moved from an incoming directory into watch.publish_dir", registry=r)
+        self.publish_latency = Histogram("clipwatch_publish_latency_seconds",
+                                         "From a file being complete in incoming (its ctime) to it being published",
+                                         buckets=PUBLISH_BUCKETS, registry=r)
+        self.incoming = Gauge("clipwatch_incoming_files", "Files in the incoming directories (publish gate): waiting "
+                              "to be published, or refused and unchanged since", ["state"], registry=r)
+        self.incoming_oldest = Gauge("clipwatch_incoming_oldest_waiting_seconds",
+                                     "Age (since its ctime) of the oldest file waiting in incoming", registry=r)
+        self.publish_max_wait = Gauge("clipwatch_publish_max_wait_seconds", "watch.publish_max_wait_s when a "
+                                      "publish gate is on (the ClipwatchPublishStalled alert's limit)", registry=r)
+        for state in ("waiting", "refused"):
+            self.incoming.labels(state)
+        self.checks = Histogram("clipwatch_check_duration_seconds", "Time to answer POST /check",
+                                buckets=SECONDS_BUCKETS, registry=r)
         for refusal in Refusal:
             self.http_refused.labels(refusal)
         for kind in (Status.DUPLICATE, Status.PROHIBITED):
-            for action in Action:
+            for action in VERDICT_ACTIONS:
                 self.verdicts.labels(kind, action)
         for source in Source:
             self.discovered.labels(source)

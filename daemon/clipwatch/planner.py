@@ -6,7 +6,9 @@ the same bytes, which of those rows' files are gone), so it is tested by the doz
 
 Changes are applied in the order they were observed, path by path:
 
-- same bytes as the row at that path: keep (only size and mtime follow);
+- same bytes as the row at that path: keep (only size and mtime follow), unless the file is *waiting* in
+  an incoming directory of a publish gate: then it is an entry again, its stored vector reused (judged
+  now, and published or quarantined by the committer);
 - same bytes as one of our rows whose file is gone: a move that inotify could not pair (the row follows);
 - anything else: an *entry*, a file whose row is written with a vector and a verdict. An entry remembers
   its *own row* (the row its path had: its earlier version), follows its file through later renames in
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -104,18 +106,19 @@ def needs_loading(changes: Sequence[Change], rows: Mapping[str, StoredFile],
 
 def plan(changes: Sequence[Change], rows: Mapping[str, StoredFile], loaded: Sequence[Loaded | None],
          same_bytes: Mapping[str, Sequence[SameBytes]], gone: frozenset[str], *, model: str, instance: str,
-         keep_deleted: bool = False) -> Plan:
+         keep_deleted: bool = False, waiting: Callable[[str], object] = lambda path: False) -> Plan:
     """`rows`: this instance's rows of the paths involved. `loaded`: per change, the file at its path (its
     destination, for a rename in `needs_loading`). `same_bytes`: stored rows by sha256, oldest first.
     `gone`: the paths, among those of the batch's changes and of our rows under the roots with bytes seen
-    in the batch, where no file exists now."""
-    return _Planner(rows, same_bytes, gone, model, instance, keep_deleted, changes).run(changes, loaded)
+    in the batch, where no file exists now. `waiting`: whether a path is in an incoming directory."""
+    return _Planner(rows, same_bytes, gone, model, instance, keep_deleted, changes, waiting).run(changes, loaded)
 
 
 class _Planner:
     def __init__(self, rows: Mapping[str, StoredFile], same_bytes: Mapping[str, Sequence[SameBytes]],
                  gone: frozenset[str], model: str, instance: str, keep_deleted: bool,
-                 changes: Sequence[Change]) -> None:
+                 changes: Sequence[Change], waiting: Callable[[str], object]) -> None:
+        self.waiting = waiting
         self.slots = {path: _Slot(row) for path, row in rows.items()}
         self.where = {row.id: path for path, row in rows.items()}  # row id -> its path as the batch goes
         self.renamed_from: dict[str, list[int]] = {}  # path -> positions of the renames away from it
@@ -168,6 +171,11 @@ class _Planner:
             return
         row = slot.row
         if row is not None and row.sha256 == file.sha256 and row.model == self.model:
+            if self.waiting(path):  # stored, but not yet published: judged again on its stored vector
+                self.entries[key] = Entry(key, path, file.sha256, file.size, file.mtime, self.model, own_id=row.id,
+                                          same_as_row=row.id)
+                slot.entry = key
+                return
             self.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
             self.counts[Result.UNCHANGED] += 1
             return
@@ -286,7 +294,7 @@ class _Planner:
         first_with: dict[str, int] = {}  # sha256 -> the entry of this batch that is embedded for it
         chosen: list[Entry] = []
         for entry in entries:
-            if not entry.rejudge:
+            if not entry.rejudge and entry.same_as_row is None:
                 stored = next((c.row.id for c in self.same_bytes.get(entry.sha256, ())
                                if c.row.model == entry.model and c.row.id not in excluded), None)
                 if stored is not None:

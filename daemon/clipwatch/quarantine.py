@@ -1,4 +1,5 @@
-"""Moving a file out of the watched tree into a quarantine directory, keeping its path below its root.
+"""Moving a file out of the watched tree into a quarantine directory, keeping its path below its root
+(and, with a publish gate, a file that passed from incoming into the publish directory: publish.py).
 
 A judged file is moved only after its batch committed, and the move is journalled in the same transaction
 (`<table>_moves`: source, destination, sha256). `complete` does or finishes one journalled move and says
@@ -157,11 +158,12 @@ def settle(pending: PendingMove, outcome: Outcome, row: Upsert | None = None) ->
     `row`: for a rejected file whose move failed, the row to store in its place (flagged where it is);
     without it (when the journal is replayed at start) the file gets its row from the next scan."""
     ops: list[Op] = []
-    if outcome == Outcome.FAILED and pending.action == Action.QUARANTINE:
+    follows = pending.action in (Action.QUARANTINE, Action.PUBLISH)  # the file's row was written at dest
+    if outcome == Outcome.FAILED and follows:
         ops.append(Rename(pending.dest, pending.src))  # the row goes back with the file, its verdict kept
     elif outcome == Outcome.FAILED and row is not None:
         ops.append(row)
-    elif outcome in (Outcome.CHANGED, Outcome.VANISHED) and pending.action == Action.QUARANTINE:
+    elif outcome in (Outcome.CHANGED, Outcome.VANISHED) and follows:
         ops.append(Delete(pending.dest))  # its bytes are nowhere any more: a new file at src has its own event
     return [*ops, FinishMove(pending.id)]
 

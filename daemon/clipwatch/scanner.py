@@ -39,9 +39,12 @@ class ScanCounts:
 
 
 def reconcile(root: str, store: Store, paths: PathFilter, intake: Intake, model: str, metrics: Metrics,
-              counts: ScanCounts | None = None, source: Source = Source.SCAN, settle: bool = True) -> ScanCounts:
+              counts: ScanCounts | None = None, source: Source = Source.SCAN, settle: bool = True,
+              incoming: bool = False) -> ScanCounts:
     """`settle`: a file modified within watch.settle_ms (or stamped in the future) waits until it holds
-    still, since it may still be being written; a one-shot scan (no settle loop runs) takes it as it is."""
+    still, since it may still be being written; a one-shot scan (no settle loop runs) takes it as it is.
+    `incoming`: an incoming directory of a publish gate, whose every file is waiting to be published, so
+    taken also when its row is current (unless it was refused and has not changed since)."""
     counts = counts or ScanCounts()
     if not os.path.isdir(root):  # unmounted, or removed: its rows wait for it to come back
         log.warning("root_missing", root=root, action="rows kept; checked again at the next rescan")
@@ -53,9 +56,10 @@ def reconcile(root: str, store: Store, paths: PathFilter, intake: Intake, model:
         for path, st in chunk:
             counts.files += 1
             row = rows.get(path)
-            if row is not None and row.size == st.st_size and row.mtime == st.st_mtime and row.model == model:
+            current = row is not None and row.size == st.st_size and row.mtime == st.st_mtime and row.model == model
+            if current and not incoming:
                 continue
-            if row is None and intake.refused_unchanged(path, st.st_size, st.st_mtime_ns):
+            if (row is None or incoming) and intake.refused_unchanged(path, st.st_size, st.st_mtime_ns):
                 continue  # refused before, unchanged since: not tried again
             counts.queued += 1
             metrics.discovered.labels(source).inc()

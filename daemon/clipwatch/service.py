@@ -20,6 +20,7 @@ from typing import Any
 
 from . import quarantine
 from .actions import Actions
+from .answers import Answers
 from .changes import Change
 from .config import Config, metrics_address
 from .dbindex import SimilarityIndex, init_schema
@@ -33,9 +34,9 @@ from .judge import Judge
 from .logs import get_logger
 from .metrics import Metrics
 from .notify import Notifier
+from .publish import Census, Echoes, Gate
 from .references import References
 from .scanner import ScanCounts, reconcile, repair_verdicts
-from .search import query_vector, search_top
 from .store import Store, open_store
 from .sync import IndexSync, open_index
 from .vocab import ChangeKind, Source
@@ -54,7 +55,8 @@ class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None, embedder: Embedder | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.paths = PathFilter(config.watch.paths, config.watch.extensions, config.watch.ignore)
+        self.paths = PathFilter(config.roots, config.watch.extensions, config.watch.ignore)
+        self.gate, self.echoes = Gate(config.watch.paths, config.watch.publish_dir), Echoes()
         self.embedder = embedder or Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
         self.store_health = Health(self.metrics, config.index.sync_interval_s)
@@ -95,9 +97,10 @@ class Service:
         create the table if missing, finish the file moves a crash interrupted, load the similarity index,
         the decisions and the prohibited references. `serving`: also serve the HTTP endpoint at
         metrics.listen (the daemon does; `clipwatch scan` must not take the port of a daemon running beside it)."""
-        for root in self.config.watch.paths if watching else ():
+        for key, root in [("watch.paths", r) for r in self.config.watch.paths] + [
+                ("watch.publish_dir", self.gate.publish_dir)] * self.gate.enabled if watching else ():
             if not os.path.isdir(root):
-                raise ConfigError(f"watch.paths: {root!r} is not an existing directory")
+                raise ConfigError(f"{key}: {root!r} is not an existing directory")
         if watching and not self.config.watch.paths:
             raise ConfigError("watch.paths: expected at least one directory to watch")
         self.store = open_store(self.config)
@@ -124,18 +127,21 @@ class Service:
         self.references = references
         judge = Judge(self.config, self.embedder.identity, self.index, references, self.decisions)
         self.worker = Worker(self.config, self.intake, self.store, self.embedder, self.paths, self.metrics,
-                             self.index, judge, self.store_health, self.notifier)
+                             self.index, judge, self.store_health, self.notifier, self.echoes)
         self._sync_from = since  # where IndexSync starts, in run()
         address = metrics_address(self.config)
         if address and watching and serving:  # the daemon's; `clipwatch scan` leaves the port to it
             self._api_store = open_store(self.config)
             desk = Desk(self._api_store, self._api_lock, Thumbnails(
-                self.config.data_dir / "thumbnails", self.config.watch.paths, self.config.quarantine.dir,
+                self.config.data_dir / "thumbnails", self.config.roots, self.config.quarantine.dir,
                 self.config.model.max_image_pixels, self.config.watch.max_file_bytes, self.config.store.instance,
                 self.config.prohibited.reference_dir),
                 Actions(self._api_store, self.paths, self.config.quarantine.dir, self._rejudge), self.config,
                 self.references)
-            self._http = serve(self.config.http, *address, self.metrics, self.answer_search, self.health, desk)
+            answers = Answers(self.config, self.embedder, self.index, self._api_store, self._api_lock, references,
+                              self.decisions)
+            self._http = serve(self.config.http, *address, self.metrics, answers.search, self.health, desk,
+                               answers.check)
 
     def _warn_foreign_rows(self) -> None:
         assert self.store is not None
@@ -157,7 +163,7 @@ class Service:
                               self.decisions)
         if handle_signals and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._install_signal_handlers()
-        self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics)
+        self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics, self.echoes)
         self.watcher.start()  # watches first, so nothing changed during the scan is missed
         self.notifier.ready(f"watching {len(self.config.watch.paths)} roots, {len(self.index or ()):,} images")
         threads = [
@@ -166,9 +172,14 @@ class Service:
             threading.Thread(target=self._scan_loop, name="scanner", daemon=True),
             threading.Thread(target=self.sync.run, args=(self.stop_event,), name="index-sync", daemon=True),
         ]
+        if self.gate.enabled:
+            self.metrics.publish_max_wait.set(self.config.watch.publish_max_wait_s)
+            census = Census(self.gate, self.paths, self.intake, self.metrics)
+            threads.append(threading.Thread(target=census.run, args=(self.stop_event,), name="census", daemon=True))
         for t in threads:
             t.start()
-        log.info("running", roots=list(self.config.watch.paths), store=self.store.location() if self.store else "")
+        log.info("running", roots=list(self.config.watch.paths), publish_dir=self.gate.publish_dir or None,
+                 store=self.store.location() if self.store else "")
         self.stop_event.wait()
         self.notifier.stopping()
         log.info("stopping", timeout_s=self.config.daemon.shutdown_timeout_s)
@@ -229,9 +240,9 @@ class Service:
             return
         try:
             started = time.monotonic()
-            for root in self.config.watch.paths:
+            for root in self.config.roots:
                 reconcile(root, store, self.paths, self.intake, self.embedder.identity, self.metrics,
-                          self.scan_counts, source, settle)
+                          self.scan_counts, source, settle, incoming=root in self.gate.incoming)
                 if self.scan_counts.stopped:
                     return
             repair_verdicts(store, self.intake, self.scan_counts)
@@ -264,18 +275,6 @@ class Service:
         if self._api_store is not None:
             self.decisions.refresh(self._api_store)  # called by the Desk, which holds the lock on this store
         self.intake.put(Change(ChangeKind.REJUDGE, path, source=Source.REVIEW))
-
-    # --- search, for `clipwatch search` through the HTTP endpoint ------------------------------------
-
-    def answer_search(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.index is not None and self._api_store is not None
-        query = query_vector(request, self.embedder.dimension, lambda: self.embedder,
-                             self.config.model.max_image_pixels)
-        with self._api_lock:  # the search in the database asks on the HTTP threads' connection
-            hits = self.index.bound(self._api_store).search(query, search_top(request))
-            paths = self._api_store.paths_of([i for i, _ in hits])
-        return {"table": self.config.store.table, "store": self._api_store.location(), "index_size": len(self.index),
-                "results": [{"id": i, "path": paths.get(i), "similarity": round(s, 6)} for i, s in hits]}
 
     # --- shutdown -----------------------------------------------------------------------------------
 

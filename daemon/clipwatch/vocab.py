@@ -24,6 +24,10 @@ class Action(StrEnum):
     FLAG = "flag"  # the file stays; its row records the verdict
     QUARANTINE = "quarantine"  # the file moves to quarantine.dir; its row follows it
     REJECT = "reject"  # the file moves to quarantine.dir; no row
+    PUBLISH = "publish"  # not a verdict's: a file that passed moves from incoming to watch.publish_dir
+
+
+VERDICT_ACTIONS = (Action.FLAG, Action.QUARANTINE, Action.REJECT)  # what duplicates/prohibited.action may be
 
 
 class Decision(StrEnum):
@@ -100,6 +104,7 @@ class Reason(StrEnum):
     UNEXPECTED = "unexpected"
     INOTIFY_LIMIT = "inotify_limit"
     ROOT_MISSING = "root_missing"
+    PUBLISH_NAME_TAKEN = "publish_name_taken"  # the file's name in watch.publish_dir holds another file
 
 
 class Deed(StrEnum):
@@ -132,7 +137,7 @@ REASON_STAGE: dict[Reason, Stage] = {
     Reason.EMBED_ERROR: Stage.EMBED,
     Reason.STORE_ERROR: Stage.STORE,
     Reason.SYNC_ERROR: Stage.SYNC,
-    Reason.MOVE_FAILED: Stage.MOVE,
+    Reason.MOVE_FAILED: Stage.MOVE, Reason.PUBLISH_NAME_TAKEN: Stage.MOVE,
     Reason.UNEXPECTED: Stage.WORKER,
     Reason.INOTIFY_LIMIT: Stage.WATCH, Reason.ROOT_MISSING: Stage.WATCH,
 }

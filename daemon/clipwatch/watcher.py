@@ -33,6 +33,7 @@ from .files import PathFilter
 from .intake import Intake
 from .logs import get_logger
 from .metrics import Metrics
+from .publish import Echoes
 from .vocab import ChangeKind, Reason, Source, Stage
 
 log = get_logger(__name__)
@@ -47,9 +48,11 @@ EVENTS: list[type[FileSystemEvent]] = [
 class ChangeHandler(FileSystemEventHandler):
     """Turns watchdog events into intake calls; runs on watchdog's dispatcher thread."""
 
-    def __init__(self, intake: Intake, paths: PathFilter, metrics: Metrics, close_events: bool) -> None:
+    def __init__(self, intake: Intake, paths: PathFilter, metrics: Metrics, close_events: bool,
+                 echoes: Echoes | None = None) -> None:
         self.intake, self.paths, self.metrics = intake, paths, metrics
         self.close_events = close_events  # inotify: a written file waits for its close
+        self.echoes = echoes or Echoes()  # events of clipwatch's own moves (publish.py): dropped
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
@@ -65,6 +68,8 @@ class ChangeHandler(FileSystemEventHandler):
             if gone and src not in self.paths.roots:  # a root that vanishes keeps its rows: see Watcher
                 self.intake.ready(Change(ChangeKind.DELETE_TREE, src))
             return  # files inside a moved directory arrive as their own move/create events
+        if self.echoes.echo(*(p for p in (src, dest) if p)):
+            return
         match event:
             case FileMovedEvent():
                 self._moved(src, dest)
@@ -106,8 +111,11 @@ class Watcher:
     called by the rescan loop, puts the watch back once the directory is there again. If the kernel's
     inotify limits are reached, the watcher says so and falls back to polling rather than miss files."""
 
-    def __init__(self, config: WatchConfig, intake: Intake, paths: PathFilter, metrics: Metrics) -> None:
+    def __init__(self, config: WatchConfig, intake: Intake, paths: PathFilter, metrics: Metrics,
+                 echoes: Echoes | None = None) -> None:
         self.config, self.intake, self.paths, self.metrics = config, intake, paths, metrics
+        self.roots = paths.roots  # the watch.paths, and the publish directory when there is one
+        self.echoes = echoes
         self.observer = self._make_observer(config.polling)
         self._watches: dict[str, tuple[ObservedWatch, tuple[int, int] | None]] = {}
 
@@ -119,7 +127,8 @@ class Watcher:
             # full events: a file moved in from outside arrives as a move with an empty source, not a create
             observer = Observer(generate_full_events=True)  # type: ignore[call-arg]
         close_events = type(observer).__name__ == "InotifyObserver"
-        self.handler = ChangeHandler(self.intake, self.paths, self.metrics, close_events=close_events)
+        self.handler = ChangeHandler(self.intake, self.paths, self.metrics, close_events=close_events,
+                                     echoes=self.echoes)
         return observer
 
     @property
@@ -134,7 +143,7 @@ class Watcher:
             if not _inotify_limit(exc) or self.kind == "PollingObserver":
                 raise
             self._fall_back_to_polling(exc)
-        log.info("watching", roots=list(self.config.paths), observer=self.kind)
+        log.info("watching", roots=list(self.roots), observer=self.kind)
 
     def _fall_back_to_polling(self, exc: OSError) -> None:
         log.error("inotify_limit", error=str(exc), action="falling back to polling",
@@ -150,7 +159,7 @@ class Watcher:
         self.observer.start()
 
     def _schedule_all(self) -> None:
-        for root in self.config.paths:
+        for root in self.roots:
             if os.path.isdir(root):
                 self._schedule(root)
 
@@ -167,7 +176,7 @@ class Watcher:
         and watch again every root that is back. Returns the roots watched again."""
         alive = {e.watch.path for e in list(self.observer.emitters) if e.is_alive()}
         restored = []
-        for root in self.config.paths:
+        for root in self.roots:
             current = _identity(root)
             watch = self._watches.get(root)
             if watch is not None and (current != watch[1] or root not in alive):
@@ -183,7 +192,7 @@ class Watcher:
             except OSError as exc:
                 if _inotify_limit(exc) and self.kind != "PollingObserver":
                     self._fall_back_to_polling(exc)  # watches every root again, polling
-                    return list(self.config.paths)
+                    return list(self.roots)
                 log.error("watch_failed", root=root, error=str(exc))
                 continue
             log.info("root_watched_again", root=root)

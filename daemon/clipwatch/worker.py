@@ -43,6 +43,7 @@ from .logs import get_logger
 from .metrics import Metrics
 from .notify import Notifier
 from .planner import Entry, Failure, Plan
+from .publish import Echoes
 from .retry import Retrier
 from .store import SameBytes, Store, StoredFile
 from .vocab import ChangeKind, Reason, Result, Source, Stage
@@ -53,13 +54,14 @@ log = get_logger(__name__)
 class Worker:
     def __init__(self, config: Config, intake: Intake, store: Store, embedder: Embedder, paths: PathFilter,
                  metrics: Metrics, index: SimilarityIndex, judge: Judge, health: Health,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, echoes: Echoes | None = None) -> None:
         self.config, self.intake, self.store, self.embedder = config, intake, store, embedder
         self.paths, self.metrics, self.index, self.judge = paths, metrics, index, judge
         self.notifier = notifier or Notifier({})
         self.batcher = Batcher(config, intake.queue, embedder, paths, metrics)
         self.retry = Retrier(store, metrics, health, self.tick)
-        self.committer = Committer(config, store, index, paths, intake, metrics, self.retry, embedder.identity)
+        self.committer = Committer(config, store, index, paths, intake, metrics, self.retry, embedder.identity,
+                                   echoes)
         self.last_tick = time.monotonic()  # for health: the loop is alive
 
     def close(self) -> None:
@@ -145,7 +147,7 @@ class Worker:
             return None
         plan = planner.plan(batch, rows, loaded, same_bytes, self._gone(batch, same_bytes),
                             model=self.embedder.identity, instance=self.store.instance,
-                            keep_deleted=self.config.store.on_delete == "keep")
+                            keep_deleted=self.config.store.on_delete == "keep", waiting=self.committer.gate.root_of)
         entries, failures = self._vectors(plan, same_bytes, stop)
         committed = self._judge_and_commit(plan, entries, failures, same_bytes, stop)
         if committed is not None and plan.follow_up:

@@ -4,7 +4,7 @@
     app.py      the Starlette app: every route, wired in one place
     access.py   who may reach what (users, sessions, basic auth, cross-site POSTs)
     users.py    the htpasswd users file (bcrypt)
-    api.py      /healthz and POST /search with its bounds
+    api.py      /healthz, POST /search and POST /check, with their bounds
     review.py   the review queue, thumbnails, decisions (thumbs.py makes the thumbnails)
 """
 
@@ -16,7 +16,7 @@ from ..config import HTTPConfig
 from ..logs import get_logger
 from ..metrics import Metrics
 from .access import is_loopback
-from .api import HealthHandler, SearchHandler
+from .api import CheckHandler, HealthHandler, SearchHandler
 from .app import WebContext, build_app
 from .review import Desk
 from .server import WebServer
@@ -25,10 +25,10 @@ log = get_logger(__name__)
 
 
 def serve(http: HTTPConfig, host: str, port: int, metrics: Metrics, search: SearchHandler | None,
-          health: HealthHandler | None, desk: Desk | None = None) -> WebServer:
+          health: HealthHandler | None, desk: Desk | None = None, check: CheckHandler | None = None) -> WebServer:
     """Start the endpoint at metrics.listen; warn when review and search are off or nobody can log in."""
     loopback = is_loopback(host)
-    server = WebServer(build_app(WebContext(http, metrics, loopback, search, health, desk)), host, port,
+    server = WebServer(build_app(WebContext(http, metrics, loopback, search, health, desk, check)), host, port,
                        http.tls_cert, http.tls_key)
     log.info("http_listening", address=f"{host}:{server.port}", tls=server.tls,
              review=bool(http.users_file) or loopback, users_file=http.users_file or None)

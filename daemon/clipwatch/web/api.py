@@ -1,10 +1,12 @@
-"""The JSON endpoints that are not pages: /healthz and POST /search, with the search's bounds.
+"""The JSON endpoints that are not pages: /healthz, POST /search and POST /check, with their bounds.
 
     GET  /healthz   200 {"status": "ok", ...} or 503 {"status": "unhealthy", "problems": [...]}
     POST /search    {"vector": [...]} | {"text": "..."} | {"image": "<base64 of an image file>"}, "top": K
                     -> {"table": ..., "store": ..., "index_size": N, "results": [{"id", "path", "similarity"}]}
+    POST /check     the image file's bytes as the body
+                    -> {"status", "action", "match_id", "match_path", "score", "label", "nearest", "sha256"}
 
-A search is bounded three ways: its body (`http.max_body_bytes`, else 413), the number of searches
+A search or a check is bounded three ways: its body (`http.max_body_bytes`, else 413), the number of searches
 running the model at once (`http.search_concurrency`; the model is shared with ingest, which takes
 turns with them on its lock), and its time (`http.search_timeout_s`: waiting for a slot or running,
 else 503). A search past its time still finishes in its thread (a forward pass cannot be interrupted)
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -29,6 +32,7 @@ from ..vocab import Refusal
 
 log = get_logger(__name__)
 SearchHandler = Callable[[dict[str, Any]], dict[str, Any]]
+CheckHandler = Callable[[bytes], dict[str, Any]]
 HealthHandler = Callable[[], tuple[bool, dict[str, Any]]]
 
 
@@ -79,22 +83,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def routes_for(search: SearchHandler | None, health: HealthHandler | None, gate: ModelGate, max_body: int,
-               metrics: Metrics) -> dict[str, Callable[[Request], Any]]:
+               metrics: Metrics, check: CheckHandler | None = None) -> dict[str, Callable[[Request], Any]]:
     async def healthz(request: Request) -> JSONResponse:
         if health is None:
             return JSONResponse({"error": "health is not served by this process"}, status_code=404)
         healthy, body = health()
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    async def search_endpoint(request: Request) -> JSONResponse:
-        if search is None:
-            return JSONResponse({"error": "search is not served by this process"}, status_code=404)
+    async def bounded(request: Request, what: str, work: Callable[[bytes], dict[str, Any]],
+                      seconds: Histogram) -> JSONResponse:
+        """Read the body within max_body, run `work` on it within the model gate; errors as JSON."""
         started = time.monotonic()
         try:
-            query = json.loads(await read_body(request, max_body) or b"null")
-            if not isinstance(query, dict):
-                raise ValueError("expected a JSON object")
-            answer = await gate.run(lambda: search(query))
+            body = await read_body(request, max_body)
+            answer = await gate.run(lambda: work(body))
         except TooLarge:
             metrics.http_refused.labels(Refusal.TOO_LARGE).inc()
             return JSONResponse({"error": f"the body is over http.max_body_bytes ({max_body})"}, status_code=413)
@@ -104,9 +106,26 @@ def routes_for(search: SearchHandler | None, health: HealthHandler | None, gate:
         except (ValueError, ClipwatchError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except Exception:
-            log.exception("search_failed")
-            return JSONResponse({"error": "search failed; see the daemon's log"}, status_code=500)
-        metrics.searches.observe(time.monotonic() - started)
+            log.exception(f"{what}_failed")
+            return JSONResponse({"error": f"{what} failed; see the daemon's log"}, status_code=500)
+        seconds.observe(time.monotonic() - started)
         return JSONResponse(answer)
 
-    return {"/healthz": healthz, "/search": search_endpoint}
+    async def search_endpoint(request: Request) -> JSONResponse:
+        if search is None:
+            return JSONResponse({"error": "search is not served by this process"}, status_code=404)
+        return await bounded(request, "search", lambda body: search(_json_object(body)), metrics.searches)
+
+    async def check_endpoint(request: Request) -> JSONResponse:
+        if check is None:
+            return JSONResponse({"error": "check is not served by this process"}, status_code=404)
+        return await bounded(request, "check", check, metrics.checks)
+
+    return {"/healthz": healthz, "/search": search_endpoint, "/check": check_endpoint}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    query = json.loads(body or b"null")
+    if not isinstance(query, dict):
+        raise ValueError("expected a JSON object")
+    return query

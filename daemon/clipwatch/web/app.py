@@ -3,6 +3,7 @@
     GET  /metrics          prometheus_client's own exposition (open unless http.protect_metrics)
     GET  /healthz          open unless http.protect_metrics
     POST /search           JSON similarity search (api.py)
+    POST /check            an image's verdict, nothing stored (api.py, ../answers.py)
     GET  /login, POST /login, POST /logout
     GET  /                 the review queue; /thumb/{id}, /file/{id}, /history, POST /api/... (review.py)
     GET  /calibrate        thresholds learnt from the decisions (calibrate.py)
@@ -33,7 +34,7 @@ from ..config import HTTPConfig
 from ..metrics import Metrics
 from ..vocab import Refusal
 from .access import Access, client_address, verify
-from .api import HealthHandler, ModelGate, SearchHandler
+from .api import CheckHandler, HealthHandler, ModelGate, SearchHandler
 from .api import routes_for as api_routes
 from .calibrate import handler as calibrate_page
 from .review import Desk, ReviewPages, utc_minutes
@@ -53,6 +54,7 @@ class WebContext:
     search: SearchHandler | None = None
     health: HealthHandler | None = None
     desk: Desk | None = None  # the review pages, when the daemon has a store for them
+    check: CheckHandler | None = None
 
 
 def build_app(ctx: WebContext) -> Starlette:
@@ -63,7 +65,7 @@ def build_app(ctx: WebContext) -> Starlette:
     templates.env.filters["filesize"] = _filesize
     templates.env.filters["timestamp"] = utc_minutes
     api = api_routes(ctx.search, ctx.health, ModelGate(ctx.http.search_concurrency, ctx.http.search_timeout_s),
-                     ctx.http.max_body_bytes, ctx.metrics)
+                     ctx.http.max_body_bytes, ctx.metrics, ctx.check)
 
     async def login_page(request: Request) -> Response:
         return templates.TemplateResponse(request, "login.html", {"next": _local(request.query_params.get("next"))})
@@ -92,6 +94,7 @@ def build_app(ctx: WebContext) -> Starlette:
         Route("/metrics", _ASGIApp(make_asgi_app(ctx.metrics.registry)), methods=["GET"]),
         Route("/healthz", api["/healthz"], methods=["GET"]),
         Route("/search", api["/search"], methods=["POST"]),
+        Route("/check", api["/check"], methods=["POST"]),
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
