@@ -83,7 +83,7 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests(promtool: str):
     check = subprocess.run([promtool, "check", "rules", "clipwatch-alerts.yml"], cwd=rules, capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     test = subprocess.run([promtool, "test", "rules", "clipwatch-alerts.test.yml"], cwd=rules, capture_output=True,
                           text=True)
     assert test.returncode == 0, test.stdout + test.stderr

@@ -7,6 +7,7 @@ MySQL 9. The file system across which a file is copied is a real tmpfs (/dev/shm
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -23,7 +24,8 @@ from clipwatch.errors import ConfigError
 from clipwatch.publish import Census
 from clipwatch.store import Store
 from clipwatch.vocab import ChangeKind
-from conftest import Daemon, Harness, all_verdicts, scrape, wait_until, write_image
+from clipwatch.web.users import set_user
+from conftest import Client, Daemon, Harness, all_verdicts, scrape, wait_until, write_image
 from test_quarantine import CRASHES, Crash, files_under
 
 pytestmark = pytest.mark.parametrize("store_url", ["sqlite", "mysql"], indirect=True)
@@ -167,6 +169,39 @@ def test_the_census_counts_waiting_and_refused_files_in_incoming(gated: Callable
     assert (count, refused) == (2, 1) and 0 <= oldest < 60
     h.upsert(*waiting)
     assert census.count() == (0, 1, 0.0)
+
+
+def test_check_answers_an_uploads_verdict_and_stores_nothing(gated: Callable[..., Harness], public: Path,
+                                                             tmp_path: Path):
+    refs, users, ana = tmp_path / "refs", str(tmp_path / "users"), ("ana", "correct horse")
+    knife = write_image(refs / "weapons" / "knife.jpg", seed=40)
+    set_user(users, *ana)
+    h = gated(prohibited__reference_dir=str(refs), prohibited__image_threshold=0.999, metrics__listen="127.0.0.1:0",
+              http__users_file=users, http__max_body_bytes=50_000)
+    h.upsert(write_image(h.root / "a.jpg", seed=41))
+    stored = h.verdicts()
+    assert h.service._http is not None
+    client = Client(h.service._http.port, h.metrics)
+
+    def check(body: bytes, auth: tuple[str, str] | None = ana) -> tuple[int, dict[str, object]]:
+        status, _, answer = client.request("POST", "/check", body, auth=auth, headers={"Content-Type": "image/jpeg"})
+        return status, json.loads(answer) if answer.startswith(b"{") else {}
+
+    new = write_image(tmp_path / "new.jpg", seed=42).read_bytes()
+    assert check(new, auth=None)[0] == 401
+    status, verdict = check(new)
+    assert status == 200 and verdict["status"] == "ok" and verdict["action"] == "publish"
+    assert verdict["match_id"] is None and verdict["sha256"] == hashlib.sha256(new).hexdigest()
+    status, verdict = check((public / "a.jpg").read_bytes())
+    assert (status, verdict["status"], verdict["score"], verdict["action"]) == (200, "duplicate", 1.0, "publish")
+    assert (verdict["match_id"], verdict["match_path"]) == (stored[str(public / "a.jpg")].id, str(public / "a.jpg"))
+    status, verdict = check(knife.read_bytes())
+    assert (status, verdict["status"], verdict["label"], verdict["action"]) == (200, "prohibited", "weapons",
+                                                                                "quarantine")
+    status, verdict = check(b"GIF89a but not really")
+    assert status == 400 and verdict["error"]
+    assert check(b"\0" * 50_001)[0] == 413
+    assert h.verdicts() == stored and files_under(public) == {str(public / "a.jpg"): sha(public / "a.jpg")}
 
 
 @pytest.fixture
