@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from clipwatch.actions import Actions
 from clipwatch.changes import Change
 from clipwatch.errors import ConfigError
 from clipwatch.publish import Census
@@ -156,6 +157,23 @@ def test_the_publish_directory_is_reconciled_but_its_files_are_never_moved(gated
     placed.unlink()
     h.feed(Change(ChangeKind.MOVE, str(clean), str(public / "renamed.jpg")), Change(ChangeKind.DELETE, str(placed)))
     assert set(h.verdicts()) == {str(public / "renamed.jpg")}
+
+
+def test_a_file_released_from_the_quarantine_goes_back_to_incoming_and_is_published(
+        gated: Callable[..., Harness], public: Path, tmp_path: Path):
+    refs, q = tmp_path / "refs", tmp_path / "q"
+    knife = write_image(refs / "weapons" / "knife.jpg", seed=50)
+    h = gated(prohibited__reference_dir=str(refs), quarantine__dir=str(q))
+    upload = h.root / "k.jpg"
+    shutil.copyfile(knife, upload)
+    h.upsert(upload)
+    row = h.verdicts()[str(q / "k.jpg")]
+    assert row.status == "prohibited" and not (public / "k.jpg").exists()
+    Actions(h.store, h.service.paths, str(q), h.service._rejudge).release(row.id, "ana")  # "not prohibited"
+    h.service.decisions.refresh(h.store)  # the daemon's sync does this; this harness has no sync thread
+    h.feed()
+    assert not upload.exists() and not (q / "k.jpg").exists() and (public / "k.jpg").exists()
+    assert h.verdicts() == {str(public / "k.jpg"): (row.id, "ok", None, None, None)}
 
 
 def test_the_census_counts_waiting_and_refused_files_in_incoming(gated: Callable[..., Harness]):

@@ -274,7 +274,9 @@ class Service:
         """A file released on the review page, judged again without the dismissed match (read just now)."""
         if self._api_store is not None:
             self.decisions.refresh(self._api_store)  # called by the Desk, which holds the lock on this store
-        self.intake.put(Change(ChangeKind.REJUDGE, path, source=Source.REVIEW))
+        # Back in incoming (a publish gate): taken like an arriving file, so that it is published once it passes.
+        kind = ChangeKind.UPSERT if self.gate.root_of(path) else ChangeKind.REJUDGE
+        self.intake.put(Change(kind, path, source=Source.REVIEW))
 
     # --- shutdown -----------------------------------------------------------------------------------
 
