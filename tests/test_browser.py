@@ -115,7 +115,9 @@ def test_quarantine_the_other_moves_the_matched_file(page):
     wait_until(lambda: not original.exists(), timeout=10, what="the original to be moved")
     assert (h.root / "second.jpg").exists()
     assert (Path(h.config.quarantine.dir) / "first.jpg").read_bytes() == (h.root / "second.jpg").read_bytes()
-    assert "quarantined" in browser.find_element(By.ID, "said").text
+    # The file moves before the answer reaches the page: wait for the page to say so, too.
+    wait_until(lambda: "quarantined" in browser.find_element(By.ID, "said").text, timeout=10,
+               what="the page to report the quarantine")
 
 
 def test_undo_from_the_history_brings_the_verdict_back(page):
