@@ -130,7 +130,7 @@ class Intake:
                     continue
                 if p.wait_close:
                     continue
-                sig = _signature(path)
+                sig = signature(path)
                 if sig is None:  # gone: the delete event (if any) tells the worker
                     del self._pending[path]
                 elif sig != p.signature:
@@ -169,7 +169,7 @@ class Intake:
         Returns how many."""
         with self._lock:
             remembered, blocked = list(self._refused.items()), dict(self._blocked)
-        gone = [path for path, signature in remembered if _signature(path) != signature
+        gone = [path for path, known in remembered if signature(path) != known
                 or (path in blocked and not os.path.lexists(blocked[path]))]
         with self._lock:
             for path in gone:
@@ -186,7 +186,7 @@ class Intake:
         self.closed.set()
 
 
-def _signature(path: str) -> tuple[int, int] | None:
+def signature(path: str) -> tuple[int, int] | None:
     """Size and mtime of whatever is at `path` (not following a link), or None if nothing is. A FIFO or a
     link settles too: the worker refuses it, with a reason, without ever opening it."""
     try:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 
 from .files import PathFilter
-from .intake import Intake
+from .intake import Intake, signature
 from .logs import get_logger
 from .metrics import Metrics
 
@@ -103,19 +103,19 @@ class Echoes:
     def expect(self, src: str, dest: str) -> None:
         """Called just before moving `src` to `dest` (the move keeps size and mtime)."""
         now = time.monotonic()
-        signature = _signature(src)
+        left = signature(src)
         with self._lock:
             for path in [p for p, (until, _) in self._expected.items() if until < now]:
                 del self._expected[path]
             self._expected[src] = (now + ECHO_S, None)
-            self._expected[dest] = (now + ECHO_S, signature)
+            self._expected[dest] = (now + ECHO_S, left)
 
     def echo(self, *paths: str) -> bool:
         """True if every one of `paths` is as one of our moves left it."""
         now = time.monotonic()
         with self._lock:
             wanted = [self._expected.get(p) for p in paths]
-        return all(w is not None and w[0] >= now and _signature(p) == w[1] for p, w in zip(paths, wanted, strict=True))
+        return all(w is not None and w[0] >= now and signature(p) == w[1] for p, w in zip(paths, wanted, strict=True))
 
 
 class Census:
@@ -155,11 +155,3 @@ class Census:
                 log.exception("incoming_census_failed")
             if stop.wait(max(CENSUS_MIN_S, CENSUS_SHARE * (time.monotonic() - started))):
                 return
-
-
-def _signature(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
