@@ -38,6 +38,7 @@ from .config import (
     parse_listen,
 )
 from .errors import ConfigError
+from .files import within
 from .vocab import VERDICT_ACTIONS
 
 SECTIONS: dict[str, type] = {
@@ -231,7 +232,7 @@ def _validate_http(h: HTTPConfig) -> HTTPConfig:
 def _apart(paths: tuple[str, ...], directories: dict[str, str]) -> None:
     for key, inner in directories.items():
         for root in paths:
-            if inner and _within(inner, root):
+            if inner and within(inner, root):
                 raise ConfigError(f"{key}: {inner!r} is inside the watched directory {root!r}; its files would "
                                   "be ingested as uploads. Put it outside every watch.paths entry")
 
@@ -244,11 +245,11 @@ def _validate_publish(w: WatchConfig, paths: tuple[str, ...], private: dict[str,
         return ""
     publish = _absolute(w.publish_dir)
     for root in paths:
-        if _within(publish, root) or _within(root, publish):
+        if within(publish, root) or within(root, publish):
             raise ConfigError(f"watch.publish_dir: {publish!r} and the incoming directory {root!r} overlap; the "
                               "public directory must be apart from every watch.paths entry")
     for key, inner in private.items():
-        if inner and _within(inner, publish):
+        if inner and within(inner, publish):
             raise ConfigError(f"{key}: {inner!r} is inside watch.publish_dir {publish!r}, which the web server "
                               "serves; put it elsewhere")
     names = [os.path.basename(root.rstrip(os.sep)) for root in paths]
@@ -256,10 +257,6 @@ def _validate_publish(w: WatchConfig, paths: tuple[str, ...], private: dict[str,
         raise ConfigError(f"watch.paths: with watch.publish_dir and several incoming directories, each publishes "
                           f"into the subdirectory of its own name, so the names must differ: {', '.join(paths)}")
     return publish
-
-
-def _within(inner: str, outer: str) -> bool:
-    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 def _absolute(path: str) -> str:

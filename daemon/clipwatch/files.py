@@ -14,6 +14,11 @@ from .errors import FileRejected
 from .vocab import Reason
 
 
+def within(path: str, directory: str) -> bool:
+    """`path` is `directory` or below it (by name: no links resolved)."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
 class PathFilter:
     """Decides whether a path is a watched image: under a root, an allowed extension, no ignored component."""
 
@@ -24,7 +29,7 @@ class PathFilter:
 
     def root_of(self, path: str) -> str | None:
         for root in self.roots:
-            if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+            if within(path, root):
                 return root
         return None
 
@@ -36,7 +41,7 @@ class PathFilter:
             return False
         real_root = os.path.realpath(root)
         real_dir = os.path.realpath(os.path.dirname(path))
-        return real_dir == real_root or real_dir.startswith(real_root.rstrip(os.sep) + os.sep)
+        return within(real_dir, real_root)
 
     def ignored_name(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)

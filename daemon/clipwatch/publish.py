@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from .files import PathFilter
+from .files import PathFilter, within
 from .intake import Intake, signature
 from .logs import get_logger
 from .metrics import Metrics
@@ -61,12 +61,12 @@ class Gate:
         return bool(self.publish_dir)
 
     def root_of(self, path: str) -> str | None:
-        """The incoming directory holding `path`, if any."""
-        return next((r for r in self.incoming if path.startswith(r.rstrip(os.sep) + os.sep)), None)
+        """The incoming directory holding the file `path`, if any."""
+        return next((r for r in self.incoming if within(path, r)), None)
 
     def is_published(self, path: str) -> bool:
         """Under the publish directory (a file there is never moved by clipwatch)."""
-        return bool(self.publish_dir) and path.startswith(self.publish_dir.rstrip(os.sep) + os.sep)
+        return bool(self.publish_dir) and within(path, self.publish_dir)
 
     def target(self, path: str) -> str:
         """Where a file of an incoming root is published."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import FileRejected
+from ..files import within
 from ..imaging import decode_image
 
 SIDE = 360
@@ -108,4 +109,4 @@ def _existing_within(path: str, directories: Sequence[str]) -> str | None:
 
 
 def _inside(real: str, directories: Sequence[str]) -> bool:
-    return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep) for d in directories)
+    return any(within(real, d) for d in directories)
