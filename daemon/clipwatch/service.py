@@ -97,9 +97,9 @@ class Service:
         create the table if missing, finish the file moves a crash interrupted, load the similarity index,
         the decisions and the prohibited references. `serving`: also serve the HTTP endpoint at
         metrics.listen (the daemon does; `clipwatch scan` must not take the port of a daemon running beside it)."""
-        for key, root in [("watch.paths", r) for r in self.config.watch.paths] + [
-                ("watch.publish_dir", self.gate.publish_dir)] * self.gate.enabled if watching else ():
+        for root in self.config.roots if watching else ():  # the publish directory, if any, comes last
             if not os.path.isdir(root):
+                key = "watch.publish_dir" if root == self.gate.publish_dir else "watch.paths"
                 raise ConfigError(f"{key}: {root!r} is not an existing directory")
         if watching and not self.config.watch.paths:
             raise ConfigError("watch.paths: expected at least one directory to watch")
