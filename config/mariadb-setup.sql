@@ -4,5 +4,6 @@
 CREATE DATABASE IF NOT EXISTS clipwatch CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 CREATE USER IF NOT EXISTS 'clipwatch'@'%' IDENTIFIED BY 'change-me';
 -- The daemon reads, inserts, updates and deletes rows of its table. CREATE lets it create the table on
--- first start; where an administrator runs `clipwatch db init` instead, grant only the first four.
-GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON clipwatch.* TO 'clipwatch'@'%';
+-- first start, ALTER add the columns a newer version keeps to a table made by an older one (README "File
+-- hashes in each row"); where an administrator runs `clipwatch db init` instead, grant only the first four.
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER ON clipwatch.* TO 'clipwatch'@'%';

@@ -23,9 +23,11 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+import structlog
 from PIL import Image
 
 from clipwatch.changes import Change
+from clipwatch.cli import main
 from clipwatch.config import Config
 from clipwatch.config_loader import load_config
 from clipwatch.dbindex import init_schema
@@ -41,6 +43,7 @@ from clipwatch.testing import build_random_clip
 os.environ.setdefault("CLIPWATCH_MODEL__PRECISION", "fp32")
 
 MYSQL_URL = os.environ.get("CLIPWATCH_TEST_MYSQL_URL", "")
+PHOTOS = os.environ.get("CLIPWATCH_TEST_PHOTOS", "")
 MARIADB_URL = os.environ.get("CLIPWATCH_TEST_MARIADB_URL", "")
 
 
@@ -66,6 +69,17 @@ def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 48), fmt: st
     blobs = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8))
     blobs.resize(size, Image.Resampling.BICUBIC).save(path, format=fmt or "JPEG")
     return path
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    """The real photographs scripts/photos.py installs (kphotoalbum's demo: 800x600 JPEGs, with pairs of
+    different photos of one scene). Never skipped: missing, the test fails."""
+    found = Path(PHOTOS) / "kphotoalbum" if PHOTOS else None
+    if found is None or not any(found.glob("*.jpg")):
+        pytest.fail("CLIPWATCH_TEST_PHOTOS is not set or holds no photos: run the suite with scripts/test, which "
+                    "installs them (scripts/photos.py), or point the variable at its output")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -293,6 +307,27 @@ class Daemon:
             self._reader.join(5)
             assert self.proc.stdout is not None
             self.proc.stdout.close()
+
+
+@pytest.fixture
+def cli(make_config, store_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """`clipwatch ...` in this process (no interpreter start-up per call): (exit code, stdout, stderr)."""
+    config = make_config(store_url)
+    for key, value in {"CLIPWATCH_STORE__URL": store_url, "CLIPWATCH_STORE__TABLE": config.store.table,
+                       "CLIPWATCH_STORE__INSTANCE": config.store.instance, "CLIPWATCH_LOG__FORMAT": "json",
+                       "CLIPWATCH_DAEMON__DATA_DIR": config.daemon.data_dir}.items():
+        monkeypatch.setenv(key, value)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # what the harness logged so far is not the command's output
+        try:
+            code = main(list(args))
+            out, err = capsys.readouterr()
+        finally:
+            structlog.reset_defaults()  # the command pointed structlog at pytest's capture, closed after the test
+        return code, out, err
+
+    return run
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from clipwatch.health import Health
 from clipwatch.index import VectorIndex
 from clipwatch.intake import Intake
 from clipwatch.metrics import Metrics
+from clipwatch.pdq import FileHashes
 from clipwatch.references import References
 from clipwatch.scanner import reconcile
 from clipwatch.store import Delete, Store, Upsert, open_store
@@ -95,7 +96,8 @@ def test_a_root_is_compared_with_the_store_a_chunk_and_a_page_at_a_time(
         store.init_schema(512)
         files = [write_image(root / f"{i:03}.jpg", seed=i, size=(8, 8)) for i in range(150)]
         vectors = unit(150)
-        store.apply([Upsert(str(f), "0" * 64, f.stat().st_size, f.stat().st_mtime, "tiny-clip", v)
+        store.apply([Upsert(str(f), "0" * 64, f.stat().st_size, f.stat().st_mtime, "tiny-clip", v,
+                            hashes=FileHashes("0" * 32))  # as this version writes rows: with the file's hashes
                      for f, v in zip(files, vectors, strict=True)])
         for f in files[:10]:
             f.unlink()  # gone: their rows must be found by the streamed listing

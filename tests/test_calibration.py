@@ -96,3 +96,17 @@ def test_calibrate_for_prohibited_uses_its_own_decisions(store_url: str, open_te
     env = {"CLIPWATCH_STORE__URL": store_url, "CLIPWATCH_STORE__TABLE": table}
     report = json.loads(run_cli("calibrate", "--for", "prohibited", "--json", env=env).stdout)
     assert report["key"] == "prohibited.image_threshold" and report["decisions"] == 0
+
+
+def test_for_pdq_distances_the_suggestion_is_the_highest_distance_that_keeps_the_target_precision():
+    confirmed = [float(d) for d in range(0, 25)]  # copies: 0 .. 24 bits apart
+    dismissed = [float(d) for d in range(40, 64)] + [20.0]  # look-alikes far apart, and one close false alarm
+    report = calibrate(samples(confirmed, dismissed), "duplicates.pdq_distance", 31, target=0.95, lower=True)
+    by_threshold = {p.threshold: p for p in report.curve}
+    assert by_threshold[24.0].recall == 1.0 and by_threshold[24.0].precision == round(25 / 26, 4)
+    assert by_threshold[19.0].precision == 1.0 and by_threshold[19.0].recall == round(20 / 25, 4)
+    assert report.suggested == 24.0  # up to 24 bits: 0.9615; the false alarm at 20 costs no more than that
+    strict = calibrate(samples(confirmed, dismissed), "duplicates.pdq_distance", 31, target=0.99, lower=True)
+    assert strict.suggested == 19.0  # below the false alarm
+    assert sum(p + n for _, _, p, n in report.histogram) == 50
+    assert "suggested: duplicates.pdq_distance = 24 (precision >= 0.95 from there down)" in report.as_text()

@@ -103,7 +103,7 @@ def test_quarantine_and_reject_move_the_file_and_keep_or_skip_the_row(make_harne
     else:
         assert stored == {}
     assert h.metrics.registry.get_sample_value("clipwatch_verdicts_total",
-                                               {"kind": "duplicate", "action": action}) == 1
+                                               {"kind": "duplicate", "action": action, "signal": "sha256"}) == 1
 
 
 def test_a_second_copy_in_quarantine_gets_a_new_name_never_overwrites(make_harness, tmp_path: Path):

@@ -156,6 +156,15 @@ def test_the_documented_least_privilege_users_are_enough(store_url: str, env: di
         assert "embedded 1, unchanged 0, deleted 1" in scan.stdout
         denied = run_cli("db", "init", "--dimension", "512", env={**user_env, "CLIPWATCH_STORE__TABLE": "other"})
         assert denied.returncode == 1 and "CREATE command denied" in denied.stderr
+
+        admin._fetch("ALTER TABLE clipwatch.images DROP COLUMN pdq_distance")  # a table made by a version before
+        refused = run_cli("scan", env=user_env)  # without ALTER: refused, with the statement to run
+        assert refused.returncode == 1 and "ALTER TABLE `images` ADD COLUMN `pdq_distance`" in refused.stderr
+        as_admin = {**user_env, "CLIPWATCH_STORE__URL": f"{kind}://root@{admin_url.host}:{admin_url.port}/clipwatch",
+                    "CLIPWATCH_STORE__PASSWORD": ""}
+        assert run_cli("db", "init", "--dimension", "512", env=as_admin).returncode == 0
+        scan = run_cli("scan", env=user_env)
+        assert scan.returncode == 0, scan.stderr
     finally:
         admin._fetch("DROP DATABASE IF EXISTS clipwatch")
         admin._fetch("DROP USER IF EXISTS 'clipwatch'@'%'")

@@ -9,6 +9,7 @@ import pytest
 
 from clipwatch.config import Config, ConfigError
 from clipwatch.config_loader import SECTIONS, load_config
+from clipwatch.vocab import Action, Signal
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "clipwatch.example.toml"
 
@@ -107,3 +108,16 @@ def test_a_publish_directory_that_would_mix_incoming_or_private_files_is_refused
                "holding the quarantine": tmp_path / "public"}[where]
     with pytest.raises(ConfigError, match="publish_dir"):
         make_config(watch__publish_dir=str(publish), quarantine__dir=str(tmp_path / "public" / "q"))
+
+
+def test_actions_per_signal_are_read_and_checked(tmp_path: Path):
+    config = load_config(None, env={"CLIPWATCH_DUPLICATES__ACTIONS": '{pdq = "quarantine", sha256 = "reject"}'})
+    assert config.duplicates.action_for(Signal.PDQ) == Action.QUARANTINE
+    assert config.duplicates.action_for(Signal.SHA256) == Action.REJECT
+    assert config.duplicates.action_for(Signal.CLIP) == config.duplicates.action == Action.FLAG
+    with pytest.raises(ConfigError, match="duplicates.actions.phash: expected one of 'sha256', 'pdq', 'clip'"):
+        load_config(None, env={"CLIPWATCH_DUPLICATES__ACTIONS": '{phash = "flag"}'})
+    with pytest.raises(ConfigError, match="duplicates.actions.pdq: expected one of 'flag', 'quarantine', 'reject'"):
+        load_config(None, env={"CLIPWATCH_DUPLICATES__ACTIONS": '{pdq = "publish"}'})
+    with pytest.raises(ConfigError, match="duplicates.pdq_distance: expected an integer from -1 to 256"):
+        load_config(None, env={"CLIPWATCH_DUPLICATES__PDQ_DISTANCE": "300"})

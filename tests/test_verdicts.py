@@ -15,11 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import structlog
 from PIL import Image
 
 from clipwatch.changes import Change
-from clipwatch.cli import main
 from clipwatch.embedder import Embedder
 from clipwatch.vocab import ChangeKind
 from conftest import Harness, write_image
@@ -191,27 +189,6 @@ def test_deleting_the_original_makes_the_oldest_copy_the_new_original(make_harne
 # --- decisions: clipwatch verdicts / dismiss / confirm ------------------------------------------------------
 
 
-@pytest.fixture
-def cli(make_config, store_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """`clipwatch ...` in this process (no interpreter start-up per call): (exit code, stdout, stderr)."""
-    config = make_config(store_url)
-    for key, value in {"CLIPWATCH_STORE__URL": store_url, "CLIPWATCH_STORE__TABLE": config.store.table,
-                       "CLIPWATCH_STORE__INSTANCE": config.store.instance, "CLIPWATCH_LOG__FORMAT": "json",
-                       "CLIPWATCH_DAEMON__DATA_DIR": config.daemon.data_dir}.items():
-        monkeypatch.setenv(key, value)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()  # what the harness logged so far is not the command's output
-        try:
-            code = main(list(args))
-            out, err = capsys.readouterr()
-        finally:
-            structlog.reset_defaults()  # the command pointed structlog at pytest's capture, closed after the test
-        return code, out, err
-
-    return run
-
-
 def test_verdicts_lists_flagged_rows_newest_first(make_harness: Callable[..., Harness], cli):
     h = make_harness()
     a = write_image(h.root / "a.jpg", seed=1)
@@ -226,7 +203,8 @@ def test_verdicts_lists_flagged_rows_newest_first(make_harness: Callable[..., Ha
     assert [r["path"] for r in listed] == [str(second), str(first)]
     assert listed[0] == {"id": h.verdicts()[str(second)].id, "path": str(second), "status": "duplicate",
                          "match_id": h.verdicts()[str(a)].id, "match_path": str(a), "score": 1.0, "label": None,
-                         "instance": "test", "flagged_at": listed[0]["flagged_at"]}
+                         "signal": "sha256", "pdq_distance": None, "instance": "test",
+                         "flagged_at": listed[0]["flagged_at"]}
     code, out, _ = cli("verdicts", "--status", "prohibited", "--json")
     assert (code, out) == (0, "")
     assert [r.path for r in h.store.flagged(page=1)] == [str(second), str(first)]  # paged one row at a time

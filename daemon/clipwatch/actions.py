@@ -37,7 +37,7 @@ from .store import (
     SetVerdict,
     Store,
 )
-from .vocab import Action, Decision, Deed, Status
+from .vocab import Action, Decision, Deed, Signal, Status
 
 
 class Actions:
@@ -107,7 +107,8 @@ class Actions:
         """The verdicts a dismissal cleared, for rows that still hold those bytes and are still ok."""
         wanted = json.loads(action.restore or "[]")
         now = self.store.rows_by_id([w["id"] for w in wanted])
-        return [SetVerdict(w["id"], Status(w["status"]), w["match_id"], w["score"], w["label"]) for w in wanted
+        return [SetVerdict(w["id"], Status(w["status"]), w["match_id"], w["score"], w["label"],
+                           Signal(w["signal"]) if w.get("signal") else None, w.get("pdq_distance")) for w in wanted
                 if w["id"] in now and now[w["id"]].sha256 == w["sha256"] and now[w["id"]].status == Status.OK]
 
     def _move(self, row: FlaggedRow, dest: str, done: list[Op]) -> None:

@@ -27,6 +27,7 @@ from .errors import FileRejected
 from .files import PathFilter, read_file
 from .logs import get_logger
 from .metrics import Metrics
+from .pdq import FileHashes, pdq_of
 from .vocab import ChangeKind, Reason
 
 log = get_logger(__name__)
@@ -44,6 +45,7 @@ class Loaded:
     read_s: float = 0.0
     decode_s: float = 0.0
     cpu_s: float = 0.0  # CPU time of the decode thread for this file (read, hash, decode)
+    hashes: FileHashes | None = None  # MD5, and PDQ when it decoded
 
 
 # A batch as the batcher hands it over: its changes, and each upserted file loading in the decode pool.
@@ -127,15 +129,17 @@ class Batcher:
         except Exception as exc:  # an unexpected failure stays with this file
             return Loaded(error=FileRejected(Reason.UNREADABLE, f"{type(exc).__name__}: {exc}"))
         decoding = time.perf_counter()
-        pixels, decode_error = None, None
+        pixels, decode_error, hashes = None, None, FileHashes(file.md5)
         try:
-            pixels = self.embedder.prepare(file.data, self.config.model.max_image_pixels)
+            image = self.embedder.decode(file.data, self.config.model.max_image_pixels)
+            pixels = self.embedder.pixels_of(image)
+            hashes = FileHashes(file.md5, *pdq_of(image))  # from the pixels decoded for the model
         except FileRejected as exc:
             decode_error = exc
         except Exception as exc:
             decode_error = FileRejected(Reason.DECODE_ERROR, f"broken image data ({type(exc).__name__}: {exc})")
         return Loaded(file.sha256, file.size, file.mtime, pixels, None, decode_error, decoding - started,
-                      time.perf_counter() - decoding)
+                      time.perf_counter() - decoding, hashes=hashes)
 
 
 def _put(q: queue.Queue[Any], item: Any, stopping: Callable[[], bool]) -> None:

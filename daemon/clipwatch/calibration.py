@@ -6,23 +6,28 @@ a negative, each with the similarity the daemon measured; labelled pairs from a 
 are the ones the daemon would make: precision = positives among them / all of them, recall = positives
 among them / all positives.
 
+The same for `duplicates.pdq_distance`, where *lower* is closer: a confirmed or dismissed duplicate whose
+two files' PDQ hashes are still stored is a sample of their distance in bits, and the verdicts at or
+below a distance d are the ones the daemon would make.
+
 The suggested threshold is the lowest t at which precision reaches `calibration.target_precision` and
-stays there for every higher threshold (a dip above it would mean a stricter setting flags more false
-alarms per true one, which no operator wants to discover later). With fewer than `MIN_EACH` positives or
-negatives there is no suggestion: the report says how many more of each it needs. Nothing here changes
-the configuration: the operator copies the number.
+stays there for every higher threshold (for distances: the highest d, and every lower one); a dip above it
+would mean a stricter setting flags more false alarms per true one, which no operator wants to discover.
+With fewer than `MIN_EACH` positives or negatives there is no suggestion: the report says how many more of
+each it needs. Nothing here changes the configuration: the operator copies the number.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
 from .decisions import latest
 from .errors import ClipwatchError
+from .pdq import distance
 from .store import DecisionRecord
 from .vocab import Decision, Status
 
@@ -53,6 +58,7 @@ class Report:
     curve: tuple[Point, ...]
     histogram: tuple[tuple[float, float, int, int], ...]  # (from, to, positives, negatives)
     suggested: float | None
+    lower: bool = False  # lower values are closer (PDQ distances): flagged at or below the threshold
 
     @property
     def needs(self) -> dict[str, int]:
@@ -64,6 +70,25 @@ class Report:
                 "negatives": self.negatives, "suggested_threshold": self.suggested, "needs": self.needs,
                 "curve": [{"threshold": p.threshold, "precision": p.precision, "recall": p.recall} for p in self.curve],
                 "histogram": [{"from": a, "to": b, "positives": p, "negatives": n} for a, b, p, n in self.histogram]}
+
+
+    def as_text(self) -> list[str]:
+        """The report as `clipwatch calibrate` prints it."""
+        unit, fmt = ("distance", "{:.0f}") if self.lower else ("similarity", "{:.4f}")
+        lines = [f"{self.positives} confirmed, {self.negatives} dismissed ({self.key} now {self.current})",
+                 f"{unit:>17}  {'confirmed':>9}  {'dismissed':>9}"]
+        lines += [f"{fmt.format(low)} - {fmt.format(high)}  {p:>9}  {n:>9}  {'#' * p}{'.' * n}"
+                  for low, high, p, n in self.histogram]
+        lines.append(f"{'threshold':>9}  {'precision':>9}  {'recall':>6}")
+        lines += [f"{fmt.format(pt.threshold):>9}  {pt.precision:>9.4f}  {pt.recall:>6.4f}" for pt in self.curve]
+        if self.suggested is None:
+            lines.append(f"no suggestion yet: {self.needs['positives']} more confirmed and {self.needs['negatives']} "
+                         f"more dismissed verdicts needed (at least {MIN_EACH} of each)")
+        else:
+            shown = int(self.suggested) if self.lower else self.suggested
+            lines.append(f"suggested: {self.key} = {shown} (precision >= {self.target_precision} from there "
+                         f"{'down' if self.lower else 'up'})")
+        return lines
 
 
 def from_decisions(decisions: Iterable[DecisionRecord], kind: Status, prompts: Sequence[str] = ()) -> list[Sample]:
@@ -82,6 +107,18 @@ def report_for(config: Config, decisions: Iterable[DecisionRecord], kind: Status
                     else ("prohibited.image_threshold", config.prohibited.image_threshold))
     samples = [*from_decisions(decisions, kind, config.prohibited.prompts), *more]
     return calibrate(samples, key, current, config.calibration.target_precision)
+
+
+def pdq_report(config: Config, decisions: Iterable[DecisionRecord],
+               hashes: Callable[[Sequence[str]], Mapping[str, bytes]]) -> Report:
+    """The report for `duplicates.pdq_distance`: duplicate decisions whose two files both have a usable
+    stored PDQ hash (`hashes`: sha256 -> hash, of stored rows), each as the hashes' distance."""
+    counted = [d for d in latest(d for d in decisions if d.kind == Status.DUPLICATE).values()]
+    known = hashes(sorted({s for d in counted for s in (d.sha256, d.other)}))
+    samples = [Sample(float(distance(known[d.sha256], known[d.other])), d.decision == Decision.CONFIRMED)
+               for d in counted if d.sha256 in known and d.other in known]
+    return calibrate(samples, "duplicates.pdq_distance", config.duplicates.pdq_distance,
+                     config.calibration.target_precision, lower=True)
 
 
 def read_pairs(path: str, similarity: Callable[[str, str], float]) -> list[Sample]:
@@ -103,24 +140,37 @@ def read_pairs(path: str, similarity: Callable[[str, str], float]) -> list[Sampl
 TRUTH = {"1": True, "true": True, "yes": True, "same": True, "0": False, "false": False, "no": False}
 
 
-def calibrate(samples: Sequence[Sample], key: str, current: float, target: float) -> Report:
+def calibrate(samples: Sequence[Sample], key: str, current: float, target: float, lower: bool = False) -> Report:
+    """`lower`: the samples are distances, flagged at or below the threshold."""
     positives = sum(s.positive for s in samples)
     negatives = len(samples) - positives
-    curve = tuple(_point(samples, t, positives) for t in sorted({round(s.score, 4) for s in samples}))
+    curve = tuple(_point(samples, t, positives, lower) for t in sorted({round(s.score, 4) for s in samples}))
     suggested = None
     if positives >= MIN_EACH and negatives >= MIN_EACH:
-        for point in curve:
-            if all(p.precision >= target for p in curve if p.threshold >= point.threshold):
+        for point in curve if not lower else reversed(curve):
+            if all(p.precision >= target for p in curve
+                   if (p.threshold >= point.threshold if not lower else p.threshold <= point.threshold)):
                 suggested = point.threshold
                 break
-    return Report(key, current, target, positives, negatives, curve, _histogram(samples), suggested)
+    histogram = _histogram(samples) if not lower else _bits_histogram(samples)
+    return Report(key, current, target, positives, negatives, curve, histogram, suggested, lower)
 
 
-def _point(samples: Sequence[Sample], threshold: float, positives: int) -> Point:
-    flagged = [s for s in samples if round(s.score, 4) >= threshold]
+def _point(samples: Sequence[Sample], threshold: float, positives: int, lower: bool = False) -> Point:
+    flagged = [s for s in samples if (round(s.score, 4) <= threshold if lower else round(s.score, 4) >= threshold)]
     hits = sum(s.positive for s in flagged)
     return Point(threshold, round(hits / len(flagged), 4) if flagged else 1.0,
                  round(hits / positives, 4) if positives else 0.0)
+
+
+def _bits_histogram(samples: Sequence[Sample]) -> tuple[tuple[float, float, int, int], ...]:
+    """Distances in bins of 4 bits, from 0 to the largest seen."""
+    if not samples:
+        return ()
+    bins = [[0, 0] for _ in range(int(max(s.score for s in samples)) // 4 + 1)]
+    for s in samples:
+        bins[int(s.score) // 4][0 if s.positive else 1] += 1
+    return tuple((4.0 * i, 4.0 * i + 4, p, n) for i, (p, n) in enumerate(bins))
 
 
 def _histogram(samples: Sequence[Sample]) -> tuple[tuple[float, float, int, int], ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__, commands
 from .config import Config
@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", metavar="B")
     compare.add_argument("--metric", choices=("cosine", "dot", "euclidean"), default="cosine",
                          help="cosine similarity (default), raw dot product, or euclidean distance")
+    hashes = sub.add_parser(
+        "hash", parents=[common], help="the PDQ hash, MD5 and sha256 of image files",
+        description="Print each file's PDQ hash (64 hex digits, Meta's format) and its quality (0-100), MD5 and "
+                    "sha256, as the daemon stores them in the file's row. Exits 1 if a file could not be read "
+                    "or decoded (the others are printed).")
+    hashes.add_argument("files", nargs="+", metavar="FILE")
+    hashes.add_argument("--json", action="store_true", help="JSON lines: path, pdq, quality, md5, sha256")
     imp = sub.add_parser(
         "import", parents=[common], help="store vectors computed elsewhere (JSON lines)",
         description='Read JSON lines {"path": "...", "embedding": [...], "model": "...", "sha256": "..."} '
@@ -99,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "--pairs: precision and recall at each threshold, the histogram of similarities with the "
                     "decisions, and the lowest threshold whose precision reaches calibration.target_precision "
                     "(and stays there above it). Changes nothing: copy the number into the configuration.")
-    calibrate.add_argument("--for", dest="target", choices=("duplicates", "prohibited"), default="duplicates",
-                           help="duplicates.threshold (default) or prohibited.image_threshold")
+    calibrate.add_argument("--for", dest="target", choices=("duplicates", "pdq", "prohibited"), default="duplicates",
+                           help="duplicates.threshold (default), duplicates.pdq_distance (from the PDQ hashes of "
+                                "the decided pairs' files still stored) or prohibited.image_threshold")
     calibrate.add_argument("--pairs", metavar="FILE.csv",
                            help="path_a,path_b,same lines (same: 1 or 0), embedded with the configured model")
     calibrate.add_argument("--json", action="store_true",
@@ -158,27 +166,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(config: Config, args: argparse.Namespace) -> int:
-    match args.command:
-        case "run":
-            return commands.cmd_run(config)
-        case "scan":
-            return commands.cmd_scan(config)
-        case "search":
-            return commands.cmd_search(config, args)
-        case "compare":
-            return commands.cmd_compare(config, args.a, args.b, args.metric)
-        case "import":
-            return commands.cmd_import(config, args.file)
-        case "health":
-            return commands.cmd_health(config)
-        case "verdicts":
-            return commands.cmd_verdicts(config, args.status, args.json, args.limit)
-        case "dismiss" | "confirm":
-            return commands.cmd_decide(config, args.ids, args.decision, args.by)
-    if args.command == "calibrate":
-        return commands.cmd_calibrate(config, args.target, args.pairs, args.json)
-    if args.command == "user":
-        return commands.cmd_user_add(config, args.name, args.password_stdin)
+    run: dict[str, Callable[[], int]] = {
+        "run": lambda: commands.cmd_run(config),
+        "scan": lambda: commands.cmd_scan(config),
+        "search": lambda: commands.cmd_search(config, args),
+        "compare": lambda: commands.cmd_compare(config, args.a, args.b, args.metric),
+        "hash": lambda: commands.cmd_hash(config, args.files, args.json),
+        "import": lambda: commands.cmd_import(config, args.file),
+        "health": lambda: commands.cmd_health(config),
+        "verdicts": lambda: commands.cmd_verdicts(config, args.status, args.json, args.limit),
+        "dismiss": lambda: commands.cmd_decide(config, args.ids, args.decision, args.by),
+        "confirm": lambda: commands.cmd_decide(config, args.ids, args.decision, args.by),
+        "calibrate": lambda: commands.cmd_calibrate(config, args.target, args.pairs, args.json),
+        "user": lambda: commands.cmd_user_add(config, args.name, args.password_stdin),
+    }
+    if args.command in run:
+        return run[args.command]()
     if args.db_command == "init":
         return commands.cmd_db_init(config, args.dimension)
     return commands.cmd_db_status(config, args.json)

@@ -7,6 +7,7 @@ Heavy imports (torch, the drivers) happen inside the commands that need them, so
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -222,6 +223,28 @@ def cmd_compare(config: Config, a: str, b: str, metric: str) -> int:
     return 0
 
 
+def cmd_hash(config: Config, paths: list[str], as_json: bool) -> int:
+    from .errors import FileRejected
+    from .imaging import decode_image
+    from .pdq import DRAFT_SIDE, pdq_of
+
+    failed = 0
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            pdq, quality = pdq_of(decode_image(data, config.model.max_image_pixels, draft=DRAFT_SIDE))
+        except (OSError, FileRejected) as exc:
+            failed += 1
+            print(f"clipwatch: {path}: {exc.strerror if isinstance(exc, OSError) else exc}", file=sys.stderr)
+            continue
+        line = {"path": path, "pdq": pdq.hex(), "quality": quality, "md5": hashlib.md5(data).hexdigest(),
+                "sha256": hashlib.sha256(data).hexdigest()}
+        print(json.dumps(line, ensure_ascii=False) if as_json else f"{pdq.hex()}  {quality:>3}  {line['md5']}  "
+              f"{line['sha256']}  {path}")
+    return 1 if failed else 0
+
+
 def cmd_import(config: Config, path: str) -> int:
     from .importer import import_file
     from .service import Service
@@ -338,13 +361,16 @@ def cmd_user_add(config: Config, name: str, from_stdin: bool) -> int:
 
 
 def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool) -> int:
-    from .calibration import MIN_EACH, Sample, read_pairs, report_for
+    from .calibration import Sample, pdq_report, read_pairs, report_for
     from .store import open_store
 
-    kind = Status.DUPLICATE if target == "duplicates" else Status.PROHIBITED
+    kind = Status.DUPLICATE if target in ("duplicates", "pdq") else Status.PROHIBITED
     store = open_store(config)
     try:
         decisions = store.decisions()
+        if target == "pdq":
+            report = pdq_report(config, decisions, lambda shas: store.pdq_by_sha256(
+                shas, config.duplicates.pdq_min_quality))
     finally:
         store.close()
     labelled: list[Sample] = []
@@ -356,22 +382,7 @@ def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool)
         embedder.load()
         labelled = read_pairs(pairs, lambda a, b: compare(_embed_file(config, embedder, a),
                                                          _embed_file(config, embedder, b), "cosine"))
-    report = report_for(config, decisions, kind, labelled)
-    key, current = report.key, report.current
-    if as_json:
-        print(json.dumps(report.as_json()))
-        return 0
-    print(f"{report.positives} confirmed, {report.negatives} dismissed ({key} now {current})")
-    print(f"{'similarity':>17}  {'confirmed':>9}  {'dismissed':>9}")
-    for low, high, p, n in report.histogram:
-        print(f"{low:.4f} - {high:.4f}  {p:>9}  {n:>9}  {'#' * p}{'.' * n}")
-    print(f"{'threshold':>9}  {'precision':>9}  {'recall':>6}")
-    for point in report.curve:
-        print(f"{point.threshold:>9.4f}  {point.precision:>9.4f}  {point.recall:>6.4f}")
-    if report.suggested is None:
-        needs = report.needs
-        print(f"no suggestion yet: {needs['positives']} more confirmed and {needs['negatives']} more dismissed "
-              f"verdicts needed (at least {MIN_EACH} of each)")
-    else:
-        print(f"suggested: {key} = {report.suggested} (precision >= {report.target_precision} from there up)")
+    if target != "pdq":
+        report = report_for(config, decisions, kind, labelled)
+    print(json.dumps(report.as_json()) if as_json else "\n".join(report.as_text()))
     return 0

@@ -39,6 +39,7 @@ from .intake import Intake
 from .judge import Verdict
 from .logs import get_logger
 from .metrics import Metrics
+from .pdqindex import PerceptualIndex
 from .planner import Entry, Failure, Plan
 from .publish import Echoes, Gate, NameTaken
 from .retry import Retrier
@@ -76,8 +77,10 @@ class Committed:
 
 class Committer:
     def __init__(self, config: Config, store: Store, index: SimilarityIndex, paths: PathFilter, intake: Intake,
-                 metrics: Metrics, retry: Retrier, model: str, echoes: Echoes | None = None) -> None:
+                 metrics: Metrics, retry: Retrier, model: str, echoes: Echoes | None = None,
+                 copies: PerceptualIndex | None = None) -> None:
         self.config, self.store, self.index, self.paths, self.intake = config, store, index, paths, intake
+        self.copies = copies
         self.metrics, self.retry, self.model = metrics, retry, model
         self.gate, self.echoes = Gate(config.watch.paths, config.watch.publish_dir), echoes or Echoes()
 
@@ -154,6 +157,10 @@ class Committer:
         ours = [r for r in rows if r.model == self.model and r.path in applied.ids]
         if ours:
             self.index.upsert([applied.ids[r.path] for r in ours], np.stack([r.embedding for r in ours]))
+        if self.copies is not None:
+            self.copies.remove(applied.deleted)
+            self.copies.upsert((applied.ids[r.path], r.hashes.pdq if r.hashes else None,
+                                r.hashes.pdq_quality if r.hashes else None) for r in rows if r.path in applied.ids)
         self.metrics.index_size.set(len(self.index))
 
     def _move_files(self, placements: Sequence[Placement], applied: Applied,
@@ -200,14 +207,15 @@ class Committer:
         for p in flagged:
             v, done = p.verdict, p.action if p.entry.key in moved or not p.moves else Action.FLAG
             done = Action.FLAG if done == Action.PUBLISH else done  # the verdict's action; moved_to says where
-            self.metrics.verdicts.labels(v.status, done).inc()
+            self.metrics.verdicts.labels(v.status, done, v.signal or "").inc()
             if v.match_key is not None:
                 matched: str | None = by_key[v.match_key].row.path
                 match_id = applied.ids.get(matched or "")
             else:
                 matched, match_id = paths.get(v.match_id) if v.match_id is not None else None, v.match_id
-            log.info("verdict", path=p.entry.path, status=v.status, label=v.label,
-                     score=None if v.score is None else round(v.score, 4), matched_path=matched, match_id=match_id,
+            log.info("verdict", path=p.entry.path, status=v.status, label=v.label, signal=v.signal,
+                     score=None if v.score is None else round(v.score, 4), pdq_distance=v.pdq_distance,
+                     matched_path=matched, match_id=match_id,
                      action=done, moved_to=moved.get(p.entry.key), rejudged=p.entry.rejudge or None)
 
     def _refused(self, failure: Failure) -> None:
@@ -260,4 +268,5 @@ def _row(entry: Entry, verdict: Verdict, path: str, final: dict[int, str]) -> Up
         raise ValueError(f"{entry.path!r} has no vector to store")
     match_path = final.get(verdict.match_key) if verdict.match_key is not None else None
     return Upsert(path, entry.sha256, entry.size, entry.mtime, entry.model, entry.vector, verdict.status,
-                  verdict.match_id, verdict.score, verdict.label, match_path)
+                  verdict.match_id, verdict.score, verdict.label, match_path, entry.hashes, verdict.signal,
+                  verdict.pdq_distance)

@@ -15,7 +15,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
-from .vocab import Action
+from .vocab import Action, Signal
 
 ENV_PREFIX = "CLIPWATCH_"
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -80,8 +80,14 @@ class IndexConfig:
 @dataclass(frozen=True)
 class DuplicatesConfig:
     enabled: bool = True
-    threshold: float = 0.97
+    threshold: float = 0.97  # CLIP cosine: a look-alike (docs/benchmarks.md: what it does and does not separate)
     action: Action = Action.FLAG
+    pdq_distance: int = 31  # PDQ bits apart at most for a copy (Meta's starting point); -1: the signal is off
+    pdq_min_quality: int = 50  # both hashes at least this quality (0..100) for a PDQ match
+    actions: dict[Signal, Action] = field(default_factory=dict)  # per signal, else `action`
+
+    def action_for(self, signal: Signal) -> Action:
+        return self.actions.get(signal, self.action)
 
 
 @dataclass(frozen=True)

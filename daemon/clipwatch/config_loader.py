@@ -119,6 +119,11 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if value in choices:
             return value
         raise ConfigError(f"{key}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    if typing.get_origin(hint) is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table (e.g. {{sha256 = \"quarantine\"}}), got {value!r}")
+        return {_coerce(f"{key}.{k}", key_type, k): _coerce(f"{key}.{k}", value_type, v) for k, v in value.items()}
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):  # from the environment: comma-separated
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -198,10 +203,14 @@ def _validate(config: Config) -> Config:
                    "errors.quarantine_dir": bad_files})
     publish = _validate_publish(w, paths, {"quarantine.dir": quarantine, "prohibited.reference_dir": reference_dir,
                                            "errors.quarantine_dir": bad_files, "daemon.data_dir": data_dir})
+    _positive("duplicates.pdq_distance", config.duplicates.pdq_distance, minimum=-1, maximum=256)
+    _positive("duplicates.pdq_min_quality", config.duplicates.pdq_min_quality, minimum=0, maximum=100)
     for key, action in (("duplicates.action", config.duplicates.action),
-                        ("prohibited.action", config.prohibited.action)):
+                        ("prohibited.action", config.prohibited.action),
+                        *((f"duplicates.actions.{s}", a) for s, a in config.duplicates.actions.items())):
         if action not in VERDICT_ACTIONS:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, VERDICT_ACTIONS))}, got {str(action)!r}")
+            allowed = ", ".join(repr(str(a)) for a in VERDICT_ACTIONS)
+            raise ConfigError(f"{key}: expected one of {allowed}, got {str(action)!r}")
     return dataclasses.replace(
         config,
         watch=dataclasses.replace(w, paths=paths, extensions=exts, publish_dir=publish),

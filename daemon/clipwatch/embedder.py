@@ -33,6 +33,7 @@ from . import precision
 from .errors import ModelLoadError
 from .imaging import Preprocessing, decode_image
 from .logs import get_logger
+from .pdq import DRAFT_SIDE
 
 log = get_logger(__name__)
 
@@ -218,13 +219,19 @@ class Embedder:
         return prep
 
     def prepare(self, data: bytes, max_pixels: int) -> Prepared:
-        """A file's bytes to what `embed_images` takes (thread-safe; runs in the decode threads).
-        Raises FileRejected for files that are not images, broken, or too large."""
+        """`pixels_of(decode(...))`, in any thread. Raises FileRejected like `decode_image`."""
+        return self.pixels_of(self.decode(data, max_pixels))
+
+    def decode(self, data: bytes, max_pixels: int) -> Image.Image:
+        """Bytes decoded as small as this model's input and the PDQ hash allow (a JPEG's DCT downscale)."""
+        draft = self.preprocessing.size if self.preprocessing is not None else LIBRARY_PATH_MAX_SIDE
+        return decode_image(data, max_pixels, draft=max(draft, DRAFT_SIDE))
+
+    def pixels_of(self, img: Image.Image) -> Prepared:
+        """A decoded image to what `embed_images` takes. A model whose processor we do not reproduce gets
+        the image, at most 1024 px (batches decoded ahead hold megabytes, not gigabytes)."""
         if self.preprocessing is not None:
-            return self.preprocessing.prepare(data, max_pixels)
-        # A model whose processor we do not reproduce gets the decoded image, bounded so that the batches
-        # decoded ahead hold megabytes, not gigabytes: no image processor wants more than 1024 px.
-        img = decode_image(data, max_pixels, draft=LIBRARY_PATH_MAX_SIDE)
+            return self.preprocessing.pixels(img)
         if min(img.size) > LIBRARY_PATH_MAX_SIDE:
             scale = LIBRARY_PATH_MAX_SIDE / min(img.size)
             img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)

@@ -88,6 +88,7 @@ class FileBytes:
     size: int
     mtime: float
     sha256: str
+    md5: str = ""  # hash lists (the next issue's banks) carry MD5s
 
 
 def name_problem(path: str) -> FileRejected | None:
@@ -134,7 +135,8 @@ def read_file(path: str, max_bytes: int) -> FileBytes:
         os.close(fd)
     if len(data) > max_bytes:
         raise FileRejected(Reason.TOO_LARGE, f"it grew over watch.max_file_bytes = {max_bytes} while being read")
-    return FileBytes(path, data, len(data), st.st_mtime, hashlib.sha256(data).hexdigest())
+    return FileBytes(path, data, len(data), st.st_mtime, hashlib.sha256(data).hexdigest(),
+                     hashlib.md5(data).hexdigest())
 
 
 def _look(path: str, max_bytes: int) -> os.stat_result:

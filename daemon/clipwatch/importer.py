@@ -36,7 +36,8 @@ def import_file(service: Service, source: str | TextIO) -> ImportSummary:
         batch: list[Entry] = []
         for line in read_import_lines(stream, service.embedder.dimension):
             summary.lines += 1
-            entry = _entry(line, service.embedder.identity) if isinstance(line, ImportLine) else line
+            entry = (_entry(line, service.embedder.identity, service.config.store.instance)
+                     if isinstance(line, ImportLine) else line)
             if isinstance(entry, BadLine):
                 summary.bad += 1
                 print(f"line {entry.number}: {entry.reason}", file=sys.stderr)
@@ -51,7 +52,7 @@ def import_file(service: Service, source: str | TextIO) -> ImportSummary:
     return summary
 
 
-def _entry(line: ImportLine, default_model: str) -> Entry | BadLine:
+def _entry(line: ImportLine, default_model: str, instance: str) -> Entry | BadLine:
     problem = name_problem(line.path)
     if problem is not None:
         return BadLine(line.number, str(problem))
@@ -63,8 +64,16 @@ def _entry(line: ImportLine, default_model: str) -> Entry | BadLine:
         if not sha:
             with open(line.path, "rb") as f:
                 sha = hashlib.file_digest(f, "sha256").hexdigest()
-    return Entry(line.number, line.path, sha, size, mtime, line.model or default_model, vector=line.vector,
-                 on_disk=on_disk)
+    return Entry(line.number, line.path, sha or no_bytes_key(instance, line.path), size, mtime,
+                 line.model or default_model, vector=line.vector, on_disk=on_disk)
+
+
+def no_bytes_key(instance: str, path: str) -> str:
+    """The sha256 column of a row imported without its bytes (no file here, no "sha256" in the line): the
+    sha256 of a text naming the row, which no file's bytes have. So the row is never byte-identical to
+    another (an empty value would equal every other empty one: every such row an exact copy of the first),
+    and decisions about it, keyed by sha256, are its own. Stable: importing the line again keeps the key."""
+    return hashlib.sha256(f"clipwatch: imported without bytes\0{instance}\0{path}".encode()).hexdigest()
 
 
 def _flush(service: Service, batch: list[Entry], summary: ImportSummary) -> None:

@@ -4,10 +4,17 @@ What a verdict compares, and what it never does:
 
 - **prohibited**: the entry's vector against the reference images and prompts (`prohibited.*_threshold`);
   a reference whose label a person dismissed for these bytes is skipped. Prohibited wins over duplicate.
-- **exact duplicate**: the same bytes stored under another row (the oldest such row), or in an entry
-  judged earlier in the same batch: score 1.0.
-- **near duplicate**: the most similar stored row, or entry judged earlier in the batch, at or above
-  `duplicates.threshold`.
+- **duplicate**, by three signals, the strongest that finds a match deciding (`Verdict.signal`):
+  1. `sha256`: the same bytes stored under another row (the oldest such row), or in an entry judged
+     earlier in the same batch: score 1.0.
+  2. `pdq`: a copy, by Meta's perceptual hash: the stored row (any instance, any model) or earlier entry
+     whose PDQ hash is nearest, at most `duplicates.pdq_distance` bits away, both hashes of quality >=
+     `duplicates.pdq_min_quality`. It flags on its own, whatever CLIP says; the score is still the two
+     vectors' cosine.
+  3. `clip`: the most similar stored row, or entry judged earlier in the batch, at or above
+     `duplicates.threshold`: a look-alike (or a copy PDQ misses: a crop, a frame).
+  The action is `duplicates.actions[signal]`, else `duplicates.action`. `pdq_distance` is recorded
+  whenever both files have a usable hash, whichever signal decided.
 - A file is never compared with itself: not with its own row (`Entry.own_id`), not with an earlier
   version of itself, not with any row the batch rewrites or deletes (`Evidence.excluded`), and not with
   a row that is itself a duplicate of this file's earlier version (which would make two copies point at
@@ -24,17 +31,19 @@ bytes are part of a dismissed pair.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .config import Config
 from .dbindex import SimilarityIndex
 from .decisions import Decisions
+from .pdq import distance, usable
+from .pdqindex import PerceptualIndex
 from .planner import Entry
 from .references import References
 from .store import SameBytes
-from .vocab import Action, Status
+from .vocab import Action, Signal, Status
 
 CANDIDATES = 8  # stored rows looked at for a file whose nearest ones may be dismissed or its own copies
 
@@ -48,6 +57,8 @@ class Verdict:
     label: str | None = None
     nearest: float | None = None  # similarity to the nearest other stored image, whatever the verdict
     action: Action = Action.FLAG
+    signal: Signal | None = None  # what decided a duplicate
+    pdq_distance: int | None = None  # PDQ bits between the file and its match, where both hashes are usable
 
 
 @dataclass(frozen=True)
@@ -60,24 +71,31 @@ class Evidence:
 
 
 ShasOf = Callable[[Sequence[int]], Mapping[int, str]]
+VectorsOf = Callable[[Sequence[int]], Mapping[int, np.ndarray]]
 
 
 class Judge:
     def __init__(self, config: Config, model: str, index: SimilarityIndex, references: References,
-                 decisions: Decisions) -> None:
+                 decisions: Decisions, copies: PerceptualIndex | None = None) -> None:
         self.duplicates, self.prohibited, self.model = config.duplicates, config.prohibited, model
         self.index, self.references, self.decisions = index, references, decisions
+        self.copies = copies if self.duplicates.pdq_distance >= 0 else None  # the PDQ index; None: signal off
+        self._vectors_of: VectorsOf | None = None
 
-    def judge(self, entries: Sequence[Entry], evidence: Evidence, shas_of: ShasOf) -> list[Verdict]:
-        """A verdict per entry (in order). Entries of another model than the configured one are not judged."""
+    def judge(self, entries: Sequence[Entry], evidence: Evidence, shas_of: ShasOf,
+              vectors_of: VectorsOf | None = None) -> list[Verdict]:
+        """A verdict per entry (in order). Entries of another model than the configured one are not judged.
+        `vectors_of`: stored vectors the index does not hold (the score of a PDQ match)."""
         judged = [j for j, e in enumerate(entries) if e.vector is not None and e.model == self.model]
         verdicts = [Verdict() for _ in entries]
         if not judged:
             return verdicts
+        self._vectors_of = vectors_of
         vectors = np.stack([entries[j].vector for j in judged])  # type: ignore[misc]
         candidates = self._candidates([entries[j] for j in judged], vectors, evidence)
-        wanted = [i for j, c in zip(judged, candidates, strict=True) if self.decisions.involves(entries[j].sha256)
-                  for i, _ in c]
+        copies = self._copies([entries[j] for j in judged], evidence)
+        wanted = [i for j, c, p in zip(judged, candidates, copies, strict=True)
+                  if self.decisions.involves(entries[j].sha256) for i, _ in [*c, *p]]
         shas = shas_of(wanted) if wanted else {}
         similar = vectors @ vectors.T  # entries of the batch against each other
         earlier: list[int] = []  # positions (in `judged`) of entries judged so far that will have a row
@@ -85,7 +103,8 @@ class Judge:
             entry = entries[j]
             skip = evidence.copies_of.get(entry.own_id, frozenset()) if entry.own_id is not None else frozenset()
             stored = [(i, s) for i, s in candidates[n] if i not in skip]
-            verdict = self._verdict(entry, vectors[n], stored, shas, evidence, skip,
+            copied = [(i, bits) for i, bits in copies[n] if i not in skip]
+            verdict = self._verdict(entry, vectors[n], stored, copied, shas, evidence, skip,
                                     [(entries[judged[k]], float(similar[n, k])) for k in earlier])
             verdicts[j] = verdict
             if verdict.action != Action.REJECT:
@@ -104,8 +123,26 @@ class Judge:
                 found[n] = hits
         return found
 
-    def _verdict(self, entry: Entry, vector: np.ndarray, stored: list[tuple[int, float]], shas: Mapping[int, str],
-                 evidence: Evidence, skip: frozenset[int], earlier: list[tuple[Entry, float]]) -> Verdict:
+    def _copies(self, entries: list[Entry], evidence: Evidence) -> list[list[tuple[int, int]]]:
+        """The stored rows nearest by PDQ (id, bits), within `duplicates.pdq_distance`, of each entry whose
+        hash is usable; [] for the others."""
+        found: list[list[tuple[int, int]]] = [[] for _ in entries]
+        asking = [n for n, e in enumerate(entries) if self._usable(e)]
+        if self.copies is None or not asking:
+            return found
+        hits = self.copies.nearest_many([entries[n].hashes.pdq for n in asking],  # type: ignore[union-attr,misc]
+                                        CANDIDATES, evidence.excluded)
+        for n, near in zip(asking, hits, strict=True):
+            found[n] = [(i, bits) for i, bits in near if bits <= self.duplicates.pdq_distance]
+        return found
+
+    def _usable(self, entry: Entry) -> bool:
+        return (self.copies is not None and entry.hashes is not None and entry.hashes.pdq is not None
+                and usable(entry.hashes.pdq_quality, self.duplicates.pdq_min_quality))
+
+    def _verdict(self, entry: Entry, vector: np.ndarray, stored: list[tuple[int, float]],
+                 copied: list[tuple[int, int]], shas: Mapping[int, str], evidence: Evidence, skip: frozenset[int],
+                 earlier: list[tuple[Entry, float]]) -> Verdict:
         nearest = stored[0][1] if stored else None
         if self.references.enabled:
             ref = self.references.match(vector, self.decisions.labels_dismissed(entry.sha256))
@@ -114,11 +151,14 @@ class Judge:
                                action=self._action(entry, self.prohibited.action))
         if not self.duplicates.enabled:
             return Verdict(nearest=nearest)
-        match = self._exact(entry, evidence, skip, earlier) or self._near(entry, stored, shas, earlier)
-        if match is None or match.score is None or match.score < self.duplicates.threshold:
+        match = (self._exact(entry, evidence, skip, earlier) or self._pdq(entry, vector, copied, shas, earlier)
+                 or self._near(entry, stored, shas, earlier))
+        if match is None or match.score is None or (
+                match.signal == Signal.CLIP and match.score < self.duplicates.threshold):
             return Verdict(nearest=nearest)
-        return Verdict(Status.DUPLICATE, match.score, match.match_id, match.match_key, nearest=nearest,
-                       action=self._action(entry, self.duplicates.action))
+        assert match.signal is not None
+        return replace(match, status=Status.DUPLICATE, nearest=nearest,
+                       action=self._action(entry, self.duplicates.action_for(match.signal)))
 
     def _exact(self, entry: Entry, evidence: Evidence, skip: frozenset[int],
                earlier: list[tuple[Entry, float]]) -> Verdict | None:
@@ -128,11 +168,44 @@ class Judge:
         for copy in evidence.same_bytes.get(entry.sha256, ()):
             row = copy.row
             if row.model == entry.model and row.id not in evidence.excluded and row.id not in skip:
-                return Verdict(score=1.0, match_id=row.id)
+                return Verdict(score=1.0, match_id=row.id, signal=Signal.SHA256)
         for other, _ in earlier:
             if other.sha256 == entry.sha256:
-                return Verdict(score=1.0, match_key=other.key)
+                return Verdict(score=1.0, match_key=other.key, signal=Signal.SHA256)
         return None
+
+    def _pdq(self, entry: Entry, vector: np.ndarray, copied: list[tuple[int, int]], shas: Mapping[int, str],
+             earlier: list[tuple[Entry, float]]) -> Verdict | None:
+        """The nearest stored row or earlier entry by PDQ within the limit, leaving out dismissed pairs."""
+        if not self._usable(entry):
+            return None
+        best: tuple[int, Verdict] | None = None
+        for row_id, stored_bits in copied:  # nearest first
+            if not self.decisions.pair_dismissed(entry.sha256, shas.get(row_id, "")):
+                best = (stored_bits, Verdict(score=self._score(vector, row_id), match_id=row_id))
+                break
+        for other, score in earlier:
+            bits = self._bits(entry, other)
+            if (bits is not None and bits <= self.duplicates.pdq_distance and (best is None or bits < best[0])
+                    and not self.decisions.pair_dismissed(entry.sha256, other.sha256)):
+                best = (bits, Verdict(score=score, match_key=other.key))
+        return None if best is None else replace(best[1], signal=Signal.PDQ, pdq_distance=best[0])
+
+    def _score(self, vector: np.ndarray, row_id: int) -> float | None:
+        """The CLIP similarity to a stored row (a PDQ match's score)."""
+        other = self.index.get(row_id)
+        if other is None and self._vectors_of is not None:
+            other = self._vectors_of([row_id]).get(row_id)
+        return None if other is None else float(vector @ other)
+
+    def _bits(self, entry: Entry, other: Entry) -> int | None:
+        if not (self._usable(entry) and self._usable(other)):
+            return None
+        return distance(entry.hashes.pdq, other.hashes.pdq)  # type: ignore[union-attr,arg-type]
+
+    def _stored_bits(self, entry: Entry, row_id: int) -> int | None:
+        code = self.copies.code_of(row_id) if self.copies is not None and self._usable(entry) else None
+        return None if code is None else distance(entry.hashes.pdq, code)  # type: ignore[union-attr,arg-type]
 
     def _near(self, entry: Entry, stored: list[tuple[int, float]], shas: Mapping[int, str],
               earlier: list[tuple[Entry, float]]) -> Verdict | None:
@@ -140,12 +213,14 @@ class Judge:
         best: Verdict | None = None
         for row_id, score in stored:  # best first
             if not self.decisions.pair_dismissed(entry.sha256, shas.get(row_id, "")):
-                best = Verdict(score=score, match_id=row_id)
+                best = Verdict(score=score, match_id=row_id, signal=Signal.CLIP,
+                               pdq_distance=self._stored_bits(entry, row_id))
                 break
         for other, score in earlier:
             if (best is None or score > (best.score or -2.0)) and not self.decisions.pair_dismissed(
                     entry.sha256, other.sha256):
-                best = Verdict(score=score, match_key=other.key)
+                best = Verdict(score=score, match_key=other.key, signal=Signal.CLIP,
+                               pdq_distance=self._bits(entry, other))
         return best
 
     def _action(self, entry: Entry, configured: Action) -> Action:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
 from .errors import FileRejected
-from .vocab import REASON_STAGE, TIMED_STAGES, VERDICT_ACTIONS, Reason, Refusal, Result, Source, Stage, Status
+from .vocab import REASON_STAGE, TIMED_STAGES, VERDICT_ACTIONS, Reason, Refusal, Result, Signal, Source, Stage, Status
 
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -58,8 +58,9 @@ class Metrics:
         self.last_commit = Gauge("clipwatch_last_commit_timestamp_seconds",
                                  "Unix time of the last committed batch", registry=r)
         self.store_up = Gauge("clipwatch_store_up", "1 when the last store operation succeeded", registry=r)
-        self.verdicts = Counter("clipwatch_verdicts_total", "Images judged duplicate or prohibited, by action",
-                                ["kind", "action"], registry=r)
+        self.verdicts = Counter("clipwatch_verdicts_total", "Images judged duplicate or prohibited, by action and "
+                                "by the signal that decided a duplicate (empty for prohibited)",
+                                ["kind", "action", "signal"], registry=r)
         self.best_match = Histogram("clipwatch_best_match_similarity",
                                     "Cosine similarity of each ingested image to its nearest stored image",
                                     buckets=SIMILARITY_BUCKETS, registry=r)
@@ -95,9 +96,10 @@ class Metrics:
                                 buckets=SECONDS_BUCKETS, registry=r)
         for refusal in Refusal:
             self.http_refused.labels(refusal)
-        for kind in (Status.DUPLICATE, Status.PROHIBITED):
-            for action in VERDICT_ACTIONS:
-                self.verdicts.labels(kind, action)
+        for action in VERDICT_ACTIONS:
+            self.verdicts.labels(Status.PROHIBITED, action, "")
+            for signal in Signal:
+                self.verdicts.labels(Status.DUPLICATE, action, signal)
         for source in Source:
             self.discovered.labels(source)
         for result in Result:

@@ -35,6 +35,7 @@ from .changes import Change
 from .embedder import Prepared
 from .errors import FileRejected
 from .files import name_problem
+from .pdq import FileHashes
 from .store import Delete, DeleteTree, Op, Rename, SameBytes, StoredFile, Touch
 from .vocab import ChangeKind, Reason, Result
 
@@ -56,6 +57,7 @@ class Entry:
     vector: np.ndarray | None = None  # given (imports), or filled in once embedded
     rejudge: bool = False  # a stored row judged again: its file is not touched
     on_disk: bool = True  # False for imported vectors whose file is not on this machine
+    hashes: FileHashes | None = None  # MD5 and PDQ of its bytes (None: imported without them)
 
 
 @dataclass(frozen=True)
@@ -173,10 +175,11 @@ class _Planner:
         if row is not None and row.sha256 == file.sha256 and row.model == self.model:
             if self.waiting(path):  # stored, but not yet published: judged again on its stored vector
                 self.entries[key] = Entry(key, path, file.sha256, file.size, file.mtime, self.model, own_id=row.id,
-                                          same_as_row=row.id)
+                                          same_as_row=row.id, hashes=file.hashes or row.hashes)
                 slot.entry = key
                 return
-            self.ops.append(Touch(path, file.size, file.mtime))  # same content: keep the vector
+            # same content: keep the vector; a row stored before hashes were kept gets them (no model call)
+            self.ops.append(Touch(path, file.size, file.mtime, file.hashes if row.md5 is None else None))
             self.counts[Result.UNCHANGED] += 1
             return
         moved_from = self._moved_from(key, path, file) if row is None else None
@@ -188,7 +191,7 @@ class _Planner:
             self.where[moved_from.id] = path
             return
         self.entries[key] = Entry(key, path, file.sha256, file.size, file.mtime, self.model,
-                                  own_id=row.id if row else None, pixels=file.pixels)
+                                  own_id=row.id if row else None, pixels=file.pixels, hashes=file.hashes)
         if file.decode_error is not None:
             self.decode_errors[key] = file.decode_error
         slot.entry = key
@@ -284,7 +287,7 @@ class _Planner:
         if row is None or slot.entry is not None or row.model != self.model:
             return  # gone, rewritten by this batch anyway, or made by another model (re-embedded by a scan)
         self.entries[key] = Entry(key, path, row.sha256, row.size, row.mtime, row.model, own_id=row.id,
-                                  same_as_row=row.id, rejudge=True)
+                                  same_as_row=row.id, rejudge=True, hashes=row.hashes)
         slot.entry = key
 
     def _finish(self) -> Plan:

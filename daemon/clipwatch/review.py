@@ -19,7 +19,7 @@ from typing import TextIO
 from .decisions import Decisions
 from .errors import ClipwatchError
 from .store import ActionRecord, DecisionRecord, FlaggedRow, Op, RecordAction, RecordDecision, SetVerdict, Store
-from .vocab import Decision, Deed, Status
+from .vocab import Decision, Deed, Signal, Status
 
 
 def default_decider() -> str:
@@ -35,7 +35,7 @@ def print_verdicts(rows: Iterable[FlaggedRow], out: TextIO, as_json: bool, limit
     """Flagged rows, newest first: JSON lines, or a table. Returns how many were printed."""
     shown = 0
     if not as_json:
-        print(f"{'id':>8}  {'status':<10}  {'score':>6}  path  ->  match", file=out)
+        print(f"{'id':>8}  {'status':<10}  {'signal':<6}  {'score':>6}  {'pdq':>3}  path  ->  match", file=out)
     for row in rows:
         if limit and shown >= limit:
             break
@@ -43,12 +43,15 @@ def print_verdicts(rows: Iterable[FlaggedRow], out: TextIO, as_json: bool, limit
         if as_json:
             print(json.dumps({"id": row.id, "path": row.path, "status": row.status, "match_id": row.match_id,
                               "match_path": row.match_path, "score": row.score, "label": row.label,
+                              "signal": row.signal, "pdq_distance": row.pdq_distance,
                               "instance": row.instance, "flagged_at": row.updated_at.isoformat()},
                              ensure_ascii=False), file=out)
         else:
             match = f"row {row.match_id} {_printable(row.match_path or '?')}" if row.match_id else repr(row.label)
             score = "" if row.score is None else f"{row.score:.4f}"
-            print(f"{row.id:>8}  {row.status:<10}  {score:>6}  {_printable(row.path)}  ->  {match}", file=out)
+            bits = "" if row.pdq_distance is None else str(row.pdq_distance)
+            print(f"{row.id:>8}  {row.status:<10}  {row.signal or '':<6}  {score:>6}  {bits:>3}  "
+                  f"{_printable(row.path)}  ->  {match}", file=out)
     return shown
 
 
@@ -90,7 +93,8 @@ def decide(store: Store, ids: Sequence[int], decision: Decision, by: str,
 def _restore(rows: Sequence[FlaggedRow]) -> str:
     """What undoing a dismissal puts back: the verdicts it cleared, each with the bytes it was about."""
     return json.dumps([{"id": r.id, "sha256": r.sha256, "status": r.status, "match_id": r.match_id,
-                        "score": r.score, "label": r.label} for r in rows])
+                        "score": r.score, "label": r.label, "signal": r.signal, "pdq_distance": r.pdq_distance}
+                       for r in rows])
 
 
 def _after_dismissal(store: Store, cleared: list[int], decisions: Decisions) -> dict[int, SetVerdict]:
@@ -104,7 +108,7 @@ def _after_dismissal(store: Store, cleared: list[int], decisions: Decisions) -> 
         if oldest == row_id or decisions.pair_dismissed(sha, sha):
             verdicts[row_id] = SetVerdict(row_id)
         else:
-            verdicts[row_id] = SetVerdict(row_id, Status.DUPLICATE, oldest, 1.0)
+            verdicts[row_id] = SetVerdict(row_id, Status.DUPLICATE, oldest, 1.0, signal=Signal.SHA256)
     return verdicts
 
 

@@ -1,7 +1,8 @@
 """Reconcile a root with the store: queue what is new or changed, delete rows whose file is gone.
 
 Cheap by design: a file whose size and mtime match its row (and whose row was made by the configured
-model) is not read at all; the worker hashes what is queued and embeds only new content. Used at
+model, and which has its file hashes) is not read at all; the worker hashes what is queued and embeds
+only new content. Used at
 start-up, by the periodic rescan, and by `clipwatch scan`.
 
 Memory does not grow with the root: the walk is compared with the store CHUNK files at a time (one query
@@ -56,7 +57,8 @@ def reconcile(root: str, store: Store, paths: PathFilter, intake: Intake, model:
         for path, st in chunk:
             counts.files += 1
             row = rows.get(path)
-            current = row is not None and row.size == st.st_size and row.mtime == st.st_mtime and row.model == model
+            current = (row is not None and row.size == st.st_size and row.mtime == st.st_mtime and row.model == model
+                       and row.md5 is not None)  # a row stored before file hashes were kept is read once more
             if current and not incoming:
                 continue
             if (row is None or incoming) and intake.refused_unchanged(path, st.st_size, st.st_mtime_ns):

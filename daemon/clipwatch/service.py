@@ -18,7 +18,7 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from . import quarantine
+from . import pdqindex, quarantine
 from .actions import Actions
 from .answers import Answers
 from .changes import Change
@@ -60,12 +60,11 @@ class Service:
         self.embedder = embedder or Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
         self.intake = Intake(config.watch.queue_size, config.watch.settle_ms / 1000, self.metrics)
         self.store_health = Health(self.metrics, config.index.sync_interval_s)
-        self.decisions = Decisions()
-        self.stop_event = threading.Event()
-        self.notifier = Notifier()
+        self.decisions, self.stop_event, self.notifier = Decisions(), threading.Event(), Notifier()
         self.store: Store | None = None
         self.worker: Worker | None = None
         self.index: SimilarityIndex | None = None
+        self.copies: pdqindex.PerceptualIndex | None = None  # every stored PDQ hash (the copy signal)
         self.references: References | None = None
         self.sync: IndexSync | None = None
         self._sync_from = datetime.min
@@ -119,13 +118,15 @@ class Service:
         self.notifier.status("loading the similarity index")
         self.index, since = open_index(self.store, self.config.index, where, self.embedder.identity,
                                        self.embedder.dimension)
+        self.copies = pdqindex.load(self.store, self.config.duplicates.pdq_min_quality)
         self.metrics.index_size.set(len(self.index))
-        log.info("index_loaded", where=where, vectors=len(self.index), seconds=round(time.monotonic() - started, 2))
+        log.info("index_loaded", where=where, vectors=len(self.index), pdq_hashes=len(self.copies),
+                 seconds=round(time.monotonic() - started, 2))
         references = References(self.config, self.embedder)
         references.load()
         self.metrics.references.set(len(references))
         self.references = references
-        judge = Judge(self.config, self.embedder.identity, self.index, references, self.decisions)
+        judge = Judge(self.config, self.embedder.identity, self.index, references, self.decisions, self.copies)
         self.worker = Worker(self.config, self.intake, self.store, self.embedder, self.paths, self.metrics,
                              self.index, judge, self.store_health, self.notifier, self.echoes)
         self._sync_from = since  # where IndexSync starts, in run()
@@ -139,7 +140,7 @@ class Service:
                 Actions(self._api_store, self.paths, self.config.quarantine.dir, self._rejudge), self.config,
                 self.references)
             answers = Answers(self.config, self.embedder, self.index, self._api_store, self._api_lock, references,
-                              self.decisions)
+                              self.decisions, self.copies)
             self._http = serve(self.config.http, *address, self.metrics, answers.search, self.health, desk,
                                answers.check)
 
@@ -160,7 +161,7 @@ class Service:
         self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, self._sync_from,
                               self.config.index.sync_interval_s, self.references,
                               self.config.prohibited.refresh_interval_s, self.metrics, self.store_health,
-                              self.decisions)
+                              self.decisions, copies=self.copies)
         if handle_signals and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._install_signal_handlers()
         self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics, self.echoes)

@@ -29,6 +29,7 @@ from .health import INDEX_SYNC, Health
 from .index import VectorIndex
 from .logs import get_logger
 from .metrics import Metrics
+from .pdqindex import PerceptualIndex
 from .references import References
 from .store import PAGE, Store
 from .vocab import Reason, Stage
@@ -65,8 +66,9 @@ def open_index(store: Store, config: IndexConfig, where: Where, model: str, dime
 class IndexSync:
     def __init__(self, store: Store, index: SimilarityIndex, model: str, since: datetime, interval_s: float,
                  references: References, refresh_s: float, metrics: Metrics, health: Health,
-                 decisions: Decisions, page: int = PAGE) -> None:
+                 decisions: Decisions, page: int = PAGE, copies: PerceptualIndex | None = None) -> None:
         self.store, self.index, self.model, self.since = store, index, model, since
+        self.copies = copies
         self.interval_s, self.references, self.refresh_s, self.metrics = interval_s, references, refresh_s, metrics
         self.health, self.decisions, self.page = health, decisions, page
         self._next_refresh = time.monotonic() + refresh_s
@@ -77,16 +79,20 @@ class IndexSync:
         """Apply one round of changes; returns how many rows changed in the index."""
         until = self.store.now()
         changed = 0
-        if isinstance(self.index, DatabaseIndex):
-            if time.monotonic() >= self._next_recount:
-                self.index.recount(self.store)
-                self._next_recount = time.monotonic() + RECOUNT_S
-        else:
-            for page in self.store.iter_changes(self.since, self.model, self.page):
+        in_database = isinstance(self.index, DatabaseIndex)
+        if in_database and time.monotonic() >= self._next_recount:
+            self.index.recount(self.store)  # type: ignore[union-attr]
+            self._next_recount = time.monotonic() + RECOUNT_S
+        if not in_database or self.copies is not None:  # the database's vector index needs no rows followed
+            for page in self.store.iter_changes(self.since, self.model, self.page, vectors=not in_database):
                 if len(page.ids):
                     self.index.upsert(page.ids, page.vectors)
-                self.index.remove(page.other_model + page.deleted)
-                changed += len(page.ids) + len(page.deleted)
+                if not in_database:
+                    self.index.remove(page.other_model + page.deleted)
+                if self.copies is not None:
+                    self.copies.upsert_hex(page.hashes)
+                    self.copies.remove(page.deleted)
+                changed += (len(page.hashes) if in_database else len(page.ids)) + len(page.deleted)
             self.since = until - timedelta(seconds=SAFETY_S)
         self.metrics.index_size.set(len(self.index))
         self.decisions.refresh(self.store)

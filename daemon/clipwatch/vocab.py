@@ -27,6 +27,15 @@ class Action(StrEnum):
     PUBLISH = "publish"  # not a verdict's: a file that passed moves from incoming to watch.publish_dir
 
 
+class Signal(StrEnum):
+    """What decided a duplicate verdict (the `signal` column), strongest first: the same bytes, a PDQ match
+    (a copy: re-encoded, resized, lightly edited), a CLIP similarity (a look-alike, or a copy PDQ misses)."""
+
+    SHA256 = "sha256"
+    PDQ = "pdq"
+    CLIP = "clip"
+
+
 VERDICT_ACTIONS = (Action.FLAG, Action.QUARANTINE, Action.REJECT)  # what duplicates/prohibited.action may be
 
 

@@ -61,7 +61,7 @@ class Worker:
         self.batcher = Batcher(config, intake.queue, embedder, paths, metrics)
         self.retry = Retrier(store, metrics, health, self.tick)
         self.committer = Committer(config, store, index, paths, intake, metrics, self.retry, embedder.identity,
-                                   echoes)
+                                   echoes, judge.copies)
         self.last_tick = time.monotonic()  # for health: the loop is alive
 
     def close(self) -> None:
@@ -187,12 +187,8 @@ class Worker:
         failures: list[Failure] = []
         vectors = self._embed([e for e in plan.entries if e.pixels is not None], failures)
         stored = {c.row.id: c.vector for copies in same_bytes.values() for c in copies}
-        wanted = [e.same_as_row for e in plan.entries if e.same_as_row is not None and e.same_as_row not in stored]
-        for row_id in wanted:
-            if (vector := self.index.get(row_id)) is not None:
-                stored[row_id] = vector
-        if missing := [i for i in wanted if i not in stored]:
-            stored.update(self.retry(lambda: self.store.vectors_of(missing), stop) or {})
+        stored.update(self._stored_vectors([e.same_as_row for e in plan.entries
+                                            if e.same_as_row is not None and e.same_as_row not in stored], stop))
         entries = []
         for e in plan.entries:
             vector = (e.vector if e.vector is not None else vectors.get(e.key) if e.pixels is not None
@@ -205,6 +201,13 @@ class Worker:
             vectors[e.key] = vector
             entries.append(replace(e, vector=vector, pixels=None))
         return entries, failures
+
+    def _stored_vectors(self, ids: Sequence[int], stop: threading.Event | None) -> dict[int, np.ndarray]:
+        """Stored rows' vectors: from the index where it holds them, else from the store."""
+        found = {i: v for i in ids if (v := self.index.get(i)) is not None}
+        if missing := [i for i in ids if i not in found]:
+            found.update(self.retry(lambda: self.store.vectors_of(missing), stop) or {})
+        return found
 
     def _embed(self, pending: list[Entry], failures: list[Failure]) -> dict[int, np.ndarray]:
         """One forward pass for the whole batch; if it fails, one by one, so a bad image fails alone."""
@@ -240,7 +243,8 @@ class Worker:
         evidence = Evidence(same_bytes, plan.excluded, {k: frozenset(v) for k, v in copies_of.items()})
         with self.metrics.stage_seconds.labels(Stage.CHECK).time():  # retried: the index may be the database's
             verdicts = self.retry(lambda: self.judge.judge(
-                entries, evidence, lambda ids: self.retry(lambda: self.store.shas_of(ids), stop) or {}), stop)
+                entries, evidence, lambda ids: self.retry(lambda: self.store.shas_of(ids), stop) or {},
+                lambda ids: self._stored_vectors(ids, stop)), stop)
         if verdicts is None:
             return None
         for v in verdicts:

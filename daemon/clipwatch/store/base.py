@@ -138,6 +138,10 @@ class Store(ABC):
         """Rows of every instance whose file has exactly these bytes, oldest first, with their vectors."""
 
     @abstractmethod
+    def pdq_by_sha256(self, shas: Sequence[str], min_quality: int) -> dict[str, bytes]:
+        """A stored PDQ hash of at least `min_quality` for each of these sha256 that has one (calibration)."""
+
+    @abstractmethod
     def vectors_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
 
     @abstractmethod
@@ -157,8 +161,15 @@ class Store(ABC):
         """How many rows of `model` there are, all instances (to size the index once before loading it)."""
 
     @abstractmethod
-    def iter_changes(self, since: datetime, model: str, page: int = PAGE) -> Iterator[ChangePage]:
-        """Rows changed and rows deleted (any instance) since `since`, `page` rows per query."""
+    def iter_hashes(self, chunk: int = 50_000) -> Iterator[list[tuple[int, str, int]]]:
+        """Every row's PDQ hash, all instances and models, as chunks of (id, hex, quality); for loading the
+        PDQ index."""
+
+    @abstractmethod
+    def iter_changes(self, since: datetime, model: str, page: int = PAGE, vectors: bool = True) -> Iterator[
+            ChangePage]:
+        """Rows changed and rows deleted (any instance) since `since`, `page` rows per query. Without
+        `vectors`, only the changed rows' hashes (the PDQ index's feed when the vectors stay in the database)."""
 
     @abstractmethod
     def now(self) -> datetime:

@@ -24,7 +24,8 @@ from ..errors import StoreError
 from .mysql import MySQLStore, _text
 
 VECTOR_INDEX = "embedding_hnsw"
-COLUMNS_UPDATED = ("sha256", "size", "mtime", "model", "embedding", "status", "match_id", "score", "label")
+COLUMNS_UPDATED = ("sha256", "size", "mtime", "model", "embedding", "status", "match_id", "score", "label", "md5",
+                   "pdq", "pdq_quality", "`signal`", "pdq_distance")
 
 
 class MariaDBStore(MySQLStore):

@@ -65,6 +65,17 @@ AUX_TABLES = {
 }
 
 
+# The columns `sqlbase.ADDED_COLUMNS`, as created with a new table and added to an older one.
+ADDED = {
+    "md5": "CHAR(32) CHARACTER SET ascii COLLATE ascii_bin NULL",
+    "pdq": "CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL",
+    "pdq_quality": "SMALLINT NULL",
+    "signal": "VARCHAR(16) CHARACTER SET ascii NULL",
+    "pdq_distance": "SMALLINT NULL",
+}
+ADDED_DDL = "".join(f"\n                `{name}` {kind}," for name, kind in ADDED.items())
+
+
 class MySQLStore(SQLStore):
     backend = "mysql"
     PARAM = "%s"
@@ -78,7 +89,8 @@ class MySQLStore(SQLStore):
     UPSERT_TAIL = (
         " AS new ON DUPLICATE KEY UPDATE sha256 = new.sha256, size = new.size, mtime = new.mtime, "
         "model = new.model, embedding = new.embedding, status = new.status, match_id = new.match_id, "
-        "score = new.score, label = new.label, updated_at = UTC_TIMESTAMP(6)"
+        "score = new.score, label = new.label, md5 = new.md5, pdq = new.pdq, pdq_quality = new.pdq_quality, "
+        "`signal` = new.`signal`, pdq_distance = new.pdq_distance, updated_at = UTC_TIMESTAMP(6)"
     )
 
     def __init__(self, url: StoreURL, password: str, table: str, instance: str, connect_timeout_s: int = 10,
@@ -162,7 +174,7 @@ class MySQLStore(SQLStore):
                 status VARCHAR(16) CHARACTER SET ascii NOT NULL DEFAULT 'ok',
                 match_id BIGINT UNSIGNED NULL,
                 score FLOAT NULL,
-                label VARCHAR(255) NULL,
+                label VARCHAR(255) NULL,{ADDED_DDL}
                 created_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
                 updated_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
                 UNIQUE KEY instance_path (instance, path_hash),
@@ -186,6 +198,23 @@ class MySQLStore(SQLStore):
                             ") ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin")
         if self.table in existing:
             self._add_match_index()
+            self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Tables made before clipwatch kept file hashes and a verdict's signal get those columns (ALTER
+        privilege: without it, the start fails and says what to run)."""
+        have = {_text(r[0]) for r in self._fetch("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE "
+                                                 "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (self.table,))}
+        missing = [f"ADD COLUMN `{name}` {kind}" for name, kind in ADDED.items() if name not in have]
+        if missing:
+            sql = f"ALTER TABLE {self.t} {', '.join(missing)}"
+            try:
+                self._fetch(sql)
+            except StoreError as exc:
+                raise StoreError(f"table {self.table!r} needs the columns this version keeps (file hashes and "
+                                 f"a verdict's signal) and they could not be added: {exc}. As an administrator, "
+                                 f"run `clipwatch db init`, or: {sql}") from exc
+            log.info("table_migrated", table=self.table, added=[m.split("`")[1] for m in missing])
 
     def _add_match_index(self) -> None:
         """Tables made by clipwatch 0.1 lack the index that finds a deleted row's duplicates."""

@@ -10,7 +10,8 @@ from datetime import datetime
 
 import numpy as np
 
-from ..vocab import Action, Decision, Deed, Status
+from ..pdq import FileHashes
+from ..vocab import Action, Decision, Deed, Signal, Status
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class StoredFile:
     status: str
     instance: str = ""
     match_id: int | None = None
+    md5: str | None = None  # None: hashed before PDQ and MD5 were kept (the next scan adds them)
+    pdq: bytes | None = None
+    pdq_quality: int | None = None
+
+    @property
+    def hashes(self) -> FileHashes | None:
+        return None if self.md5 is None else FileHashes(self.md5, self.pdq, self.pdq_quality)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class FlaggedRow:
     score: float | None
     label: str | None
     updated_at: datetime
+    signal: Signal | None = None  # what decided a duplicate verdict
+    pdq_distance: int | None = None  # PDQ bits between the two files, where both have a usable hash
 
 
 @dataclass(frozen=True)
@@ -123,15 +133,20 @@ class Upsert:
     score: float | None = None
     label: str | None = None
     match_path: str | None = None  # the match is another row of the same batch: match_id is set on commit
+    hashes: FileHashes | None = None  # None: the file's bytes are not here (imported vectors)
+    signal: Signal | None = None
+    pdq_distance: int | None = None
 
 
 @dataclass(frozen=True)
 class Touch:
-    """Same content as stored: only size and mtime change (no new embedding)."""
+    """Same content as stored: only size and mtime change (no new embedding); `hashes` given where the row
+    was stored without them."""
 
     path: str
     size: int
     mtime: float
+    hashes: FileHashes | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,8 @@ class SetVerdict:
     match_id: int | None = None
     score: float | None = None
     label: str | None = None
+    signal: Signal | None = None
+    pdq_distance: int | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +256,7 @@ class ChangePage:
     vectors: np.ndarray  # (n, dim) float32
     other_model: list[int]  # changed rows whose vector comes from another model: not indexed
     deleted: list[int]
+    hashes: list[tuple[int, str | None, int | None]] = field(default_factory=list)  # changed rows' (id, pdq, quality)
 
 
 @dataclass(frozen=True)

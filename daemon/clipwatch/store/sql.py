@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from ..vocab import Action, Decision, Deed, Status
+from ..vocab import Action, Decision, Deed, Signal, Status
 from .base import PAGE
 from .records import (
     ActionRecord,
@@ -28,9 +28,9 @@ from .records import (
 )
 from .sqlbase import DECISION_COLUMNS, SQLBase, _prefix_range, _vectors
 
-FILE_COLUMNS = "id, path, sha256, size, mtime, model, status, instance, match_id"  # a StoredFile, in order
+FILE_COLUMNS = "id, path, sha256, size, mtime, model, status, instance, match_id, md5, pdq, pdq_quality"  # _stored
 FLAGGED = ("SELECT a.id, a.instance, a.path, a.sha256, a.status, a.match_id, b.path, b.sha256, a.score, a.label, "
-           "a.updated_at FROM {t} a LEFT JOIN {t} b ON b.id = a.match_id")
+           "a.updated_at, a.{signal}, a.pdq_distance FROM {t} a LEFT JOIN {t} b ON b.id = a.match_id")
 ACTION_COLUMNS = "id, instance, deed, row_id, path, dest, restore, undoes, decided_by, decided_at"
 REVIEW = FLAGGED.replace(" FROM", ", a.size, a.mtime, b.size, b.mtime, b.instance FROM", 1)
 
@@ -44,7 +44,7 @@ class SQLStore(SQLBase):
         found: dict[str, StoredFile] = {}
         for where, params in self._where_paths(paths):
             rows = self._fetch(f"SELECT {FILE_COLUMNS} FROM {self.t} WHERE {where}", params)
-            found.update((r[1], StoredFile(*r)) for r in rows)
+            found.update((r[1], _stored(r)) for r in rows)
         return found
 
     def iter_rows_under(self, directory: str) -> Iterator[StoredFile]:
@@ -54,7 +54,7 @@ class SQLStore(SQLBase):
             rows = self._fetch(f"SELECT {FILE_COLUMNS} FROM {self.t} WHERE instance = {p} AND path >= {p} "
                                f"AND path < {p} AND id > {p} ORDER BY id LIMIT {PAGE}",
                                [self.instance, low, high, last])
-            yield from (StoredFile(*r) for r in rows)
+            yield from (_stored(r) for r in rows)
             if len(rows) < PAGE:
                 return
             last = rows[-1][0]
@@ -70,8 +70,13 @@ class SQLStore(SQLBase):
         rows = self._by_chunks(f"SELECT {FILE_COLUMNS}, embedding FROM {self.t} "
                                "WHERE sha256 IN ({marks}) ORDER BY id", [s for s in shas if s])
         for r in sorted(rows, key=lambda r: r[0]):
-            found.setdefault(r[2], []).append(SameBytes(StoredFile(*r[:-1]), _vectors([r[-1]])[0]))
+            found.setdefault(r[2], []).append(SameBytes(_stored(r[:-1]), _vectors([r[-1]])[0]))
         return found
+
+    def pdq_by_sha256(self, shas: Sequence[str], min_quality: int) -> dict[str, bytes]:
+        rows = self._by_chunks(f"SELECT sha256, pdq FROM {self.t} WHERE pdq_quality >= {self.PARAM} "
+                               "AND sha256 IN ({marks})", shas, extra=[min_quality])
+        return {str(s): bytes.fromhex(h) for s, h in rows}
 
     def vectors_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         rows = self._by_chunks(f"SELECT id, embedding FROM {self.t} WHERE id IN ({{marks}})", ids)
@@ -101,13 +106,26 @@ class SQLStore(SQLBase):
     def count_vectors(self, model: str) -> int:
         return int(self._fetch(f"SELECT COUNT(*) FROM {self.t} WHERE model = {self.PARAM}", [model])[0][0])
 
-    def iter_changes(self, since: datetime, model: str, page: int = PAGE) -> Iterator[ChangePage]:
-        changed = self._pages_since(f"SELECT id, model, embedding, updated_at FROM {self.t}", "updated_at",
-                                    since, page)
+    def iter_hashes(self, chunk: int = 50_000) -> Iterator[list[tuple[int, str, int]]]:
+        last, p = 0, self.PARAM
+        while True:
+            rows = self._fetch(f"SELECT id, pdq, pdq_quality FROM {self.t} WHERE pdq IS NOT NULL AND id > {p} "
+                               f"ORDER BY id LIMIT {int(chunk)}", [last])
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(int(i), str(h), int(q)) for i, h, q in rows]
+
+    def iter_changes(self, since: datetime, model: str, page: int = PAGE, vectors: bool = True) -> Iterator[
+            ChangePage]:
+        embedding = "embedding" if vectors else "NULL"
+        changed = self._pages_since(f"SELECT id, model, {embedding}, pdq, pdq_quality, updated_at FROM {self.t}",
+                                    "updated_at", since, page)
         for rows in changed:
-            ours = [r for r in rows if r[1] == model]
+            ours = [r for r in rows if r[1] == model and vectors]
             yield ChangePage(ids=np.array([r[0] for r in ours], dtype=np.int64), vectors=_vectors([r[2] for r in ours]),
-                             other_model=[r[0] for r in rows if r[1] != model], deleted=[])
+                             other_model=[r[0] for r in rows if r[1] != model] if vectors else [], deleted=[],
+                             hashes=[(int(r[0]), r[3], r[4]) for r in rows])
         for rows in self._pages_since(f"SELECT id, deleted_at FROM {self.deleted_table}", "deleted_at",
                                       since, page):
             yield ChangePage(ids=np.zeros(0, np.int64), vectors=np.zeros((0, 0), np.float32), other_model=[],
@@ -149,13 +167,13 @@ class SQLStore(SQLBase):
         ours = "" if everywhere else f"instance = {self.PARAM} AND "
         rows = self._by_chunks(f"SELECT {FILE_COLUMNS} FROM {self.t} WHERE {ours}match_id IN ({{marks}})",
                                ids, extra=[] if everywhere else [self.instance])
-        return [StoredFile(*r) for r in rows]
+        return [_stored(r) for r in rows]
 
     def dangling(self, limit: int = PAGE) -> list[StoredFile]:
         rows = self._fetch(f"SELECT {', '.join('a.' + c for c in FILE_COLUMNS.split(', '))} FROM {self.t} a "
                            f"WHERE a.instance = {self.PARAM} AND a.match_id IS NOT NULL AND NOT EXISTS "
                            f"(SELECT 1 FROM {self.t} b WHERE b.id = a.match_id) LIMIT {int(limit)}", [self.instance])
-        return [StoredFile(*r) for r in rows]
+        return [_stored(r) for r in rows]
 
     def flagged(self, status: Status | None = None, page: int = PAGE) -> Iterator[FlaggedRow]:
         before = None
@@ -182,19 +200,19 @@ class SQLStore(SQLBase):
             params += [when, when, query.before[1]]
         rows: list[tuple[Any, ...]] = []
         for status in [query.status] if query.status else [Status.DUPLICATE, Status.PROHIBITED]:
-            rows += self._fetch(f"{REVIEW.format(t=self.t)} WHERE {' AND '.join(where)} "
+            rows += self._fetch(f"{REVIEW.format(t=self.t, signal=self.signal)} WHERE {' AND '.join(where)} "
                                 f"ORDER BY a.updated_at DESC, a.id DESC LIMIT {int(limit)}", [status, *params])
-        items = [ReviewItem(self._flagged_row(r), int(r[11]), float(r[12]), None if r[13] is None else int(r[13]),
-                            r[14], r[15]) for r in rows]
+        items = [ReviewItem(self._flagged_row(r), int(r[13]), float(r[14]), None if r[15] is None else int(r[15]),
+                            r[16], r[17]) for r in rows]
         return sorted(items, key=lambda i: (i.row.updated_at, i.row.id), reverse=True)[:limit]
 
     def rows_by_id(self, ids: Sequence[int]) -> dict[int, FlaggedRow]:
-        rows = self._by_chunks(FLAGGED.format(t=self.t) + " WHERE a.id IN ({marks})", ids)
+        rows = self._by_chunks(FLAGGED.format(t=self.t, signal=self.signal) + " WHERE a.id IN ({marks})", ids)
         return {int(r[0]): self._flagged_row(r) for r in rows}
 
     def _flagged_row(self, r: tuple[Any, ...]) -> FlaggedRow:
         return FlaggedRow(int(r[0]), r[1], r[2], r[3], Status(r[4]), r[5], r[6], r[7], r[8], r[9],
-                          self._parse_time(r[10]))
+                          self._parse_time(r[10]), Signal(r[11]) if r[11] else None, r[12])
 
     def flagged_with(self, kind: Status, sha256: str, other: str) -> list[int]:
         p = self.PARAM
@@ -252,3 +270,10 @@ class SQLStore(SQLBase):
                                "GROUP BY status, model ORDER BY status, model")
             counts = [(str(s), str(m), int(n)) for s, m, n in rows]
         return StoreStatus(self.backend, self.location(), self.table, dim, counts)
+
+
+def _stored(r: Sequence[Any]) -> StoredFile:
+    """A row of FILE_COLUMNS."""
+    return StoredFile(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], md5=r[9],
+                      pdq=None if r[10] is None else bytes.fromhex(r[10]),
+                      pdq_quality=None if r[11] is None else int(r[11]))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from ..pdq import FileHashes
 from .base import Store
 from .records import (
     Applied,
@@ -36,7 +37,10 @@ from .records import (
 )
 
 COLUMNS = ("instance", "path", "sha256", "size", "mtime", "model", "embedding", "status", "match_id", "score",
-           "label")
+           "label", "md5", "pdq", "pdq_quality", "signal", "pdq_distance")
+# Added to tables made before they existed (`Store.migrate`): hashes of the file, and a verdict's evidence.
+# PDQ is kept as its 64 hex digits (Meta's format, readable in SQL); `signal` is quoted: a MySQL keyword.
+ADDED_COLUMNS = ("md5", "pdq", "pdq_quality", "signal", "pdq_distance")
 DECISION_COLUMNS = ("kind", "sha256", "other", "decision", "decided_by", "score", "row_id", "path", "match_path")
 CHUNK = 500  # values per IN (...) list
 
@@ -58,6 +62,7 @@ class SQLBase(Store):
         self.decisions_table = self.quote(table + "_decisions")
         self.moves_table = self.quote(table + "_moves")
         self.actions_table = self.quote(table + "_actions")
+        self.signal = self.quote("signal")
 
     @abstractmethod
     def quote(self, name: str) -> str: ...
@@ -161,14 +166,18 @@ class SQLBase(Store):
     def _apply_run(self, cur: Any, kind: type, ops: list[Any], applied: Applied) -> None:
         p, inst, t, now, where = self.PARAM, self.instance, self.t, self.NOW, self.PATH_MATCH
         if kind is Upsert:
-            values = ", ".join([p, p, p, p, p, p, self.VECTOR_PARAM, p, p, p, p])
+            values = ", ".join([p] * 6 + [self.VECTOR_PARAM] + [p] * (len(COLUMNS) - 7))
             cur.executemany(
-                f"INSERT INTO {t} ({', '.join(COLUMNS)}) VALUES ({values}){self.UPSERT_TAIL}",
+                f"INSERT INTO {t} ({', '.join(map(self.quote, COLUMNS))}) VALUES ({values}){self.UPSERT_TAIL}",
                 [(inst, o.path, o.sha256, o.size, o.mtime, o.model, self.check_vector(o), o.status, o.match_id,
-                  o.score, o.label) for o in ops])
+                  o.score, o.label, *_hash_values(o.hashes), o.signal, o.pdq_distance) for o in ops])
         elif kind is Touch:
+            plain, hashed = [o for o in ops if o.hashes is None], [o for o in ops if o.hashes is not None]
             cur.executemany(f"UPDATE {t} SET size = {p}, mtime = {p}, updated_at = {now} "
-                            f"WHERE instance = {p} AND {where}", [(o.size, o.mtime, inst, o.path) for o in ops])
+                            f"WHERE instance = {p} AND {where}", [(o.size, o.mtime, inst, o.path) for o in plain])
+            cur.executemany(f"UPDATE {t} SET size = {p}, mtime = {p}, md5 = {p}, pdq = {p}, pdq_quality = {p}, "
+                            f"updated_at = {now} WHERE instance = {p} AND {where}",
+                            [(o.size, o.mtime, *_hash_values(o.hashes), inst, o.path) for o in hashed])
         elif kind is Rename:
             for o in ops:  # one at a time: a rename may free the name the next one takes
                 # Only when the source row is there: a batch retried after an ambiguous commit must not
@@ -208,8 +217,8 @@ class SQLBase(Store):
                             tuple(getattr(d, c) for c in DECISION_COLUMNS))
             elif isinstance(o, SetVerdict):
                 cur.execute(f"UPDATE {self.t} SET status = {p}, match_id = {p}, score = {p}, label = {p}, "
-                            f"updated_at = {self.NOW} WHERE id = {p}",
-                            (o.status, o.match_id, o.score, o.label, o.row_id))
+                            f"{self.signal} = {p}, pdq_distance = {p}, updated_at = {self.NOW} WHERE id = {p}",
+                            (o.status, o.match_id, o.score, o.label, o.signal, o.pdq_distance, o.row_id))
             elif isinstance(o, RecordAction):
                 a = o.action
                 cur.execute(f"INSERT INTO {self.actions_table} (instance, deed, row_id, path, dest, restore, undoes, "
@@ -223,6 +232,13 @@ class SQLBase(Store):
                 cur.execute(f"DELETE FROM {self.decisions_table} WHERE id = {p}", (newest,))
             else:
                 raise TypeError(f"not a store operation: {o!r}")
+
+
+def _hash_values(hashes: FileHashes | None) -> tuple[str | None, str | None, int | None]:
+    """(md5, pdq as hex, pdq_quality) as the columns hold them."""
+    if hashes is None:
+        return None, None, None
+    return hashes.md5, hashes.pdq_hex, hashes.pdq_quality
 
 
 def _vectors(blobs: Sequence[Any]) -> np.ndarray:

@@ -24,6 +24,7 @@ AUX_TABLES = {
         path TEXT NOT NULL, dest TEXT, restore TEXT, undoes INTEGER, decided_by TEXT NOT NULL,
         decided_at TEXT NOT NULL""",
 }
+ADDED = {"md5": "TEXT", "pdq": "TEXT", "pdq_quality": "INTEGER", "signal": "TEXT", "pdq_distance": "INTEGER"}
 AUX_INDEXES = {"deleted": "deleted_at", "decisions": "sha256", "moves": "instance", "actions": "row_id"}
 
 
@@ -34,7 +35,9 @@ class SQLiteStore(SQLStore):
     UPSERT_TAIL = (
         " ON CONFLICT (instance, path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
         "mtime = excluded.mtime, model = excluded.model, embedding = excluded.embedding, status = excluded.status, "
-        f"match_id = excluded.match_id, score = excluded.score, label = excluded.label, updated_at = {NOW}"
+        "match_id = excluded.match_id, score = excluded.score, label = excluded.label, md5 = excluded.md5, "
+        "pdq = excluded.pdq, pdq_quality = excluded.pdq_quality, signal = excluded.signal, "
+        f"pdq_distance = excluded.pdq_distance, updated_at = {NOW}"
     )
 
     def __init__(self, path: str, table: str, instance: str) -> None:
@@ -110,6 +113,11 @@ class SQLiteStore(SQLStore):
                     match_id INTEGER,
                     score REAL,
                     label TEXT,
+                    md5 TEXT,
+                    pdq TEXT,
+                    pdq_quality INTEGER,
+                    signal TEXT,
+                    pdq_distance INTEGER,
                     created_at TEXT NOT NULL DEFAULT ({NOW}),
                     updated_at TEXT NOT NULL DEFAULT ({NOW}),
                     UNIQUE (instance, path)
@@ -130,6 +138,11 @@ class SQLiteStore(SQLStore):
                             f"({AUX_INDEXES[suffix]})")
         if self._fetch("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)):
             self._add_match_index()
+            have = {r[1] for r in self._fetch(f"PRAGMA table_info({self.t})")}
+            with self._transaction() as cur:  # tables made before file hashes and signals were kept
+                for name, kind in ADDED.items():
+                    if name not in have:
+                        cur.execute(f"ALTER TABLE {self.t} ADD COLUMN {name} {kind}")
 
     def _add_match_index(self) -> None:
         self._fetch(f'CREATE INDEX IF NOT EXISTS "{self.table}_match_id" ON {self.t} (match_id)')

@@ -10,8 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from ..calibration import Report, report_for
+from ..calibration import Report, pdq_report, report_for
 from ..config import Config
+from ..store import Store
 from ..vocab import Status
 from .review import Desk
 
@@ -20,8 +21,14 @@ WIDTH, HEIGHT, PAD = 720, 220, 30
 
 def handler(desk: Desk, templates: Jinja2Templates, config: Config) -> Any:
     async def calibrate_page(request: Request) -> Response:
-        decisions = await run_in_threadpool(desk.with_store, lambda s: s.decisions())
-        reports = [report_for(config, decisions, kind) for kind in (Status.DUPLICATE, Status.PROHIBITED)]
+        def read(store: Store) -> list[Report]:
+            decisions = store.decisions()
+            copies = pdq_report(config, decisions, lambda shas: store.pdq_by_sha256(
+                shas, config.duplicates.pdq_min_quality))
+            return [report_for(config, decisions, Status.DUPLICATE), copies,
+                    report_for(config, decisions, Status.PROHIBITED)]
+
+        reports = await run_in_threadpool(desk.with_store, read)
         return templates.TemplateResponse(request, "calibrate.html", {
             "user": request.scope.get("user", ""), "reports": [(r, chart(r)) for r in reports]})
 

@@ -1,0 +1,91 @@
+"""PDQ, Meta's perceptual hash: the signal that tells a *copy* (re-encoded, resized, recompressed, lightly
+edited) from a look-alike, which CLIP cannot (two different dogs score 0.96 in CLIP).
+
+A PDQ hash is 256 bits from a DCT of a 64x64 luminance image, with a quality score 0..100: flat or
+featureless images score low and their hashes are unreliable. Two images whose hashes are at most 31 bits
+apart (Hamming distance) are copies by Meta's recommended starting point, for hashes of quality >= 50
+(docs/benchmarks.md has what that gives on real photographs).
+
+Hashes come from `pdqhash`, the Python binding of Meta's own C++ (facebook/ThreatExchange, pdq/cpp), the
+library python-threatexchange itself uses: the same bits as every hash list the industry shares, which a
+re-implementation would have to prove. It is hashed from the image the decode threads already made for
+the model, reduced to at most REDUCED_SIDE pixels (a 1600 px array costs ~90 ms, a 512 px one ~1 ms); on
+photos of quality >= 80 that stays within Meta's conformance rule (distance <= 10 to the reference hash
+of the full-resolution file), checked by tests/test_copies.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+REDUCED_SIDE = 512  # the longest side an image is hashed at
+# A JPEG is decoded with libjpeg's DCT downscale to no fewer than this many pixels a side, whatever the model
+# needs (a hash must not depend on the model): the decode threads' image for CLIP ViT-B/32 (224 px input), so
+# `clipwatch hash` prints the hash the row holds. Models with a larger input hash from a larger decode (a few
+# bits apart at most: docs/benchmarks.md).
+DRAFT_SIDE = 224
+BITS = 256
+BYTES = BITS // 8
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    """What a file's row keeps beside its vector: its MD5 (hash lists carry MD5s) and its PDQ hash."""
+
+    md5: str
+    pdq: bytes | None = None  # 32 bytes, the hash's 256 bits, most significant first (hex: Meta's format)
+    pdq_quality: int | None = None
+
+    @property
+    def pdq_hex(self) -> str | None:
+        return None if self.pdq is None else self.pdq.hex()
+
+
+def pdq_of(img: Image.Image) -> tuple[bytes, int]:
+    """(hash, quality) of a decoded image, hashed at REDUCED_SIDE at most."""
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.asarray(reduced(img).convert("RGB")))
+    return packed(bits), int(quality)
+
+
+def pdq_of_full(pixels: np.ndarray) -> tuple[bytes, int]:
+    """Meta's reference on the array as given (no reduction): what conformance is measured against."""
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.ascontiguousarray(pixels, dtype=np.uint8))
+    return packed(bits), int(quality)
+
+
+def dihedral_of(img: Image.Image) -> tuple[list[bytes], int]:
+    """The hashes of the image's eight rotations and flips (one DCT), and its quality; the first is `pdq_of`'s."""
+    import pdqhash
+
+    hashes, quality = pdqhash.compute_dihedral(np.asarray(reduced(img).convert("RGB")))
+    return [packed(h) for h in hashes], int(quality)
+
+
+def reduced(img: Image.Image) -> Image.Image:
+    if max(img.size) <= REDUCED_SIDE:
+        return img
+    scale = REDUCED_SIDE / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def packed(bits: np.ndarray) -> bytes:
+    """pdqhash's 256 0/1 values (most significant first) as 32 bytes."""
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes()
+
+
+def distance(a: bytes, b: bytes) -> int:
+    """Hamming distance between two hashes."""
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+def usable(quality: int | None, min_quality: int) -> bool:
+    """Whether a hash of this quality may decide a match (`duplicates.pdq_min_quality`)."""
+    return quality is not None and quality >= min_quality
