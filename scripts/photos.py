@@ -50,13 +50,14 @@ SOURCES: list[tuple[str, str, str, list[str]]] = [
 ]
 TESTS = ("kphotoalbum",)
 LEFT_OUT = ("qt-logo.jpg",)  # not a photograph
-# Different photographs of the same subject or scene: the hard negatives.
+# Different photographs of the same subject or scene: the hard negatives. A group starting with "burst" holds
+# consecutive frames of a sequence, a fraction of a second apart (Middlebury's optical-flow frames).
 GROUPS = {
     "kphotoalbum": [("bar55", "bar55_2"), ("grand_canyon_1", "grand_canyon_2", "grand_canyon_3"),
                     ("skagen", "skagen_2"), ("pool", "pool_2"), ("donna", "donna_2"), ("jesper", "jesper_2"),
                     ("new_wave_1", "new_wave_2"), ("spiff", "spiff_2")],
     "opencv": [("aero1", "aero3"), ("aloeL", "aloeR"), ("graf1", "graf3"), ("leuvenA", "leuvenB"),
-               ("basketball1", "basketball2"), ("rubberwhale1", "rubberwhale2")],
+               ("burst", "basketball1", "basketball2"), ("burst", "rubberwhale1", "rubberwhale2")],
     "skimage": [("motorcycle_left", "motorcycle_right")],
 }
 FRAMES = 40  # vtest.avi frames kept, one per second
@@ -121,7 +122,7 @@ def write_manifest(dest: Path) -> None:
     licences = {name: licence for name, _, licence, _ in SOURCES} | {"frames": "BSD-3-Clause"}
     lines = ["name\tsource\tlicence\tgroup"]
     for source in sorted(p.name for p in dest.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        group_of = {member: "+".join(g) for g in GROUPS.get(source, []) for member in g}
+        group_of = {member: "+".join(g) for g in GROUPS.get(source, []) for member in g if member != "burst"}
         if source == "frames":
             group_of = {p.stem: "vtest" for p in (dest / source).glob("*.jpg")}
         for photo in sorted((dest / source).iterdir()):

@@ -402,3 +402,22 @@ def test_calibrate_for_pdq_measures_the_decided_pairs_distances(make_harness, ph
     expected = {pdq.distance(stored[str(copy)].pdq, stored[str(original)].pdq),  # type: ignore[arg-type]
                 pdq.distance(stored[str(other)].pdq, matched.pdq)}  # type: ignore[arg-type]
     assert {p["threshold"] for p in report["curve"]} == expected
+
+
+def test_a_mirrored_or_rotated_copy_is_found_among_the_clip_candidates(make_harness, photos: Path):
+    h = make_harness(duplicates__threshold=1.0)
+    original = place(photos, h, "blackie.jpg")
+    h.upsert(original)
+    img = Image.open(original).convert("RGB")
+    mirrored, turned = h.root / "mirrored.jpg", h.root / "turned.jpg"
+    ImageOps.mirror(img).save(mirrored, quality=90)
+    img.transpose(Image.Transpose.ROTATE_90).save(turned, quality=90)
+    h.upsert(mirrored)  # its own batch: the original is its nearest stored row
+    h.upsert(turned)
+    stored = h.store.get_many([str(original), str(mirrored)])
+    assert pdq.distance(stored[str(original)].pdq, stored[str(mirrored)].pdq) > 64  # type: ignore[arg-type]
+    rows = {r.path: r for r in h.store.rows_by_id([v.id for v in all_verdicts(h.store).values()]).values()}
+    for copy in (mirrored, turned):
+        row = rows[str(copy)]
+        assert (row.status, row.signal) == ("duplicate", "pdq"), copy.name
+        assert row.pdq_distance is not None and row.pdq_distance <= 31

@@ -23,7 +23,7 @@ from .dbindex import SimilarityIndex
 from .decisions import Decisions
 from .embedder import Embedder
 from .judge import Evidence, Judge
-from .pdq import FileHashes, pdq_of
+from .pdq import FileHashes, hashes_of
 from .pdqindex import PerceptualIndex
 from .planner import Entry
 from .references import References
@@ -45,7 +45,7 @@ def embed_upload(data: bytes, embedder: Embedder, max_pixels: int) -> Upload:
         raise BadVector("the body is empty: send the image file's bytes (curl --data-binary @FILE)")
     image = embedder.decode(data, max_pixels)
     vector: np.ndarray = embedder.embed_images([embedder.pixels_of(image)])[0]
-    hashes = FileHashes(hashlib.md5(data).hexdigest(), *pdq_of(image))
+    hashes = hashes_of(image, hashlib.md5(data).hexdigest())
     return Upload(hashlib.sha256(data).hexdigest(), hashes, vector)
 
 

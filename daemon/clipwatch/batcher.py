@@ -27,7 +27,7 @@ from .errors import FileRejected
 from .files import PathFilter, read_file
 from .logs import get_logger
 from .metrics import Metrics
-from .pdq import FileHashes, pdq_of
+from .pdq import FileHashes, hashes_of
 from .vocab import ChangeKind, Reason
 
 log = get_logger(__name__)
@@ -133,7 +133,7 @@ class Batcher:
         try:
             image = self.embedder.decode(file.data, self.config.model.max_image_pixels)
             pixels = self.embedder.pixels_of(image)
-            hashes = FileHashes(file.md5, *pdq_of(image))  # from the pixels decoded for the model
+            hashes = hashes_of(image, file.md5)  # from the pixels decoded for the model
         except FileRejected as exc:
             decode_error = exc
         except Exception as exc:

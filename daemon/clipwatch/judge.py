@@ -10,7 +10,8 @@ What a verdict compares, and what it never does:
   2. `pdq`: a copy, by Meta's perceptual hash: the stored row (any instance, any model) or earlier entry
      whose PDQ hash is nearest, at most `duplicates.pdq_distance` bits away, both hashes of quality >=
      `duplicates.pdq_min_quality`. It flags on its own, whatever CLIP says; the score is still the two
-     vectors' cosine.
+     vectors' cosine. A mirrored or rotated copy is found among the CLIP candidates: one whose hash is
+     within the limit of one of the file's eight rotations and flips (`_turned`).
   3. `clip`: the most similar stored row, or entry judged earlier in the batch, at or above
      `duplicates.threshold`: a look-alike (or a copy PDQ misses: a crop, a frame).
   The action is `duplicates.actions[signal]`, else `duplicates.action`. `pdq_distance` is recorded
@@ -152,7 +153,7 @@ class Judge:
         if not self.duplicates.enabled:
             return Verdict(nearest=nearest)
         match = (self._exact(entry, evidence, skip, earlier) or self._pdq(entry, vector, copied, shas, earlier)
-                 or self._near(entry, stored, shas, earlier))
+                 or self._turned(entry, stored, shas, earlier) or self._near(entry, stored, shas, earlier))
         if match is None or match.score is None or (
                 match.signal == Signal.CLIP and match.score < self.duplicates.threshold):
             return Verdict(nearest=nearest)
@@ -190,6 +191,27 @@ class Judge:
                     and not self.decisions.pair_dismissed(entry.sha256, other.sha256)):
                 best = (bits, Verdict(score=score, match_key=other.key))
         return None if best is None else replace(best[1], signal=Signal.PDQ, pdq_distance=best[0])
+
+    def _turned(self, entry: Entry, stored: list[tuple[int, float]], shas: Mapping[int, str],
+                earlier: list[tuple[Entry, float]]) -> Verdict | None:
+        """A mirrored or rotated copy: the CLIP candidates (the nearest stored rows; the batch's earlier
+        entries) whose hash is within the limit of one of the entry's eight rotations and flips. The PDQ index
+        is asked for the hash as it is only: eight lookups per image would cost eight times as much."""
+        if not self._usable(entry) or not entry.hashes or not entry.hashes.dihedral:
+            return None
+        limit, variants = self.duplicates.pdq_distance, entry.hashes.dihedral
+        for row_id, score in stored:
+            code = self.copies.code_of(row_id) if self.copies is not None else None
+            bits = None if code is None else min(distance(v, code) for v in variants)
+            if bits is not None and bits <= limit and not self.decisions.pair_dismissed(entry.sha256,
+                                                                                        shas.get(row_id, "")):
+                return Verdict(score=score, match_id=row_id, signal=Signal.PDQ, pdq_distance=bits)
+        for other, score in earlier:
+            if self._usable(other) and not self.decisions.pair_dismissed(entry.sha256, other.sha256):
+                bits = min(distance(v, other.hashes.pdq) for v in variants)  # type: ignore[union-attr,arg-type]
+                if bits <= limit:
+                    return Verdict(score=score, match_key=other.key, signal=Signal.PDQ, pdq_distance=bits)
+        return None
 
     def _score(self, vector: np.ndarray, row_id: int) -> float | None:
         """The CLIP similarity to a stored row (a PDQ match's score)."""

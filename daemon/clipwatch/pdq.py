@@ -38,10 +38,17 @@ class FileHashes:
     md5: str
     pdq: bytes | None = None  # 32 bytes, the hash's 256 bits, most significant first (hex: Meta's format)
     pdq_quality: int | None = None
+    dihedral: tuple[bytes, ...] = ()  # the 8 rotations' and flips' hashes (the first is `pdq`); never stored
 
     @property
     def pdq_hex(self) -> str | None:
         return None if self.pdq is None else self.pdq.hex()
+
+
+def hashes_of(img: Image.Image, md5: str) -> FileHashes:
+    """A decoded file's hashes, its dihedral variants with them (one DCT gives all eight)."""
+    variants, quality = dihedral_of(img)
+    return FileHashes(md5, variants[0], quality, tuple(variants))
 
 
 def pdq_of(img: Image.Image) -> tuple[bytes, int]:

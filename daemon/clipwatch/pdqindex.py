@@ -43,18 +43,19 @@ class PerceptualIndex:
         keep: list[tuple[int, bytes]] = []
         drop: list[int] = []
         for row_id, code, quality in rows:
-            usable = code is not None and quality is not None and quality >= self.min_quality
-            if code is not None and usable:
+            if code is not None and quality is not None and quality >= self.min_quality:
                 keep.append((row_id, code))
             else:
                 drop.append(row_id)
         with self._lock:
             self._remove_locked(drop)
-            self._reserve_for(len(self._row_of) + len(keep))
-            for row_id, code in keep:
-                row = self._row_of.setdefault(row_id, len(self._row_of))
-                self._ids[row] = row_id
-                self._codes[row] = np.frombuffer(code, dtype=np.uint8)
+            if not keep:
+                return
+            row_of = self._row_of
+            self._reserve_for(len(row_of) + sum(1 for i, _ in keep if i not in row_of))
+            rows = np.fromiter((row_of.setdefault(i, len(row_of)) for i, _ in keep), dtype=np.int64, count=len(keep))
+            self._ids[rows] = [i for i, _ in keep]
+            self._codes[rows] = np.frombuffer(b"".join(c for _, c in keep), dtype=np.uint8).reshape(-1, BYTES)
 
     def upsert_hex(self, rows: Iterable[tuple[int, str | None, int | None]]) -> None:
         """`upsert` with hashes as the store keeps them (64 hex digits)."""
