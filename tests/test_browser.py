@@ -151,5 +151,7 @@ def test_the_calibration_page_suggests_a_threshold_from_the_decisions(page):
     assert len(section.find_elements(By.CSS_SELECTOR, "svg.chart rect")) > 0
     prohibited = browser.find_element(By.CSS_SELECTOR, "section[data-key='prohibited.image_threshold']")
     assert "20 more confirmed and 20 more dismissed" in prohibited.find_element(By.CLASS_NAME, "needs").text
+    copies = browser.find_element(By.CSS_SELECTOR, "section[data-key='duplicates.pdq_distance']")  # no files: none
+    assert "20 more confirmed and 20 more dismissed" in copies.find_element(By.CLASS_NAME, "needs").text
     if os.environ.get("CLIPWATCH_SCREENSHOT"):
         browser.save_screenshot(os.environ["CLIPWATCH_SCREENSHOT"].replace(".png", "-calibrate.png"))

@@ -115,7 +115,8 @@ def test_an_unreachable_database_is_reported_without_the_password(env: dict[str,
 
 def test_every_command_has_useful_help():
     for args in (["--help"], ["run", "--help"], ["scan", "--help"], ["db", "init", "--help"],
-                 ["db", "status", "--help"], ["verdicts", "--help"], ["dismiss", "--help"], ["confirm", "--help"]):
+                 ["db", "status", "--help"], ["verdicts", "--help"], ["dismiss", "--help"], ["confirm", "--help"],
+                 ["hash", "--help"]):
         result = run_cli(*args, env={})
         assert result.returncode == 0 and len(result.stdout) > 200, args
     assert "--dimension" in run_cli("db", "init", "--help", env={}).stdout

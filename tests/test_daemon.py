@@ -59,9 +59,10 @@ def test_daemon_follows_writes_edits_moves_and_deletes_then_stops_on_sigterm(
         wait_until(lambda: str(files[2]) not in rows_under(reader, root), what="the delete")
         assert not any(p.endswith(".part") for p in rows_under(reader, root))
 
-        metrics = scrape(daemon)
+        # counted once the batch is finished, a moment after its commit removed the row
+        metrics = wait_until(lambda: (m := scrape(daemon))['clipwatch_files_processed_total{result="deleted"}'] == 1
+                             and m, what="the delete to be counted")
         assert metrics['clipwatch_files_processed_total{result="embedded"}'] >= 8
-        assert metrics['clipwatch_files_processed_total{result="deleted"}'] == 1
         assert metrics["clipwatch_model_calls_total"] < metrics['clipwatch_files_processed_total{result="embedded"}']
         assert metrics["clipwatch_queue_capacity"] == 1024
     finally:
@@ -164,8 +165,8 @@ def catch_each_others_duplicates(daemons: list[Daemon], reader: Store, tmp_path:
         assert by_path[path]["status"] == "duplicate"
         assert by_path[path]["match_id"] == stored[0].id
         assert by_path[path]["matched_path"] == str(original)
-    assert by_path[str(exact)]["score"] == 1.0
-    assert 0.97 <= by_path[str(resized)]["score"] < 1.0
+    assert (by_path[str(exact)]["score"], by_path[str(exact)]["signal"]) == (1.0, "sha256")
+    assert by_path[str(resized)]["signal"] in ("pdq", "clip") and by_path[str(resized)]["score"] >= 0.97
     return original
 
 

@@ -225,6 +225,7 @@ def cmd_compare(config: Config, a: str, b: str, metric: str) -> int:
 
 def cmd_hash(config: Config, paths: list[str], as_json: bool) -> int:
     from .errors import FileRejected
+    from .files import printable
     from .imaging import decode_image
     from .pdq import DRAFT_SIDE, pdq_of
 
@@ -236,12 +237,12 @@ def cmd_hash(config: Config, paths: list[str], as_json: bool) -> int:
             pdq, quality = pdq_of(decode_image(data, config.model.max_image_pixels, draft=DRAFT_SIDE))
         except (OSError, FileRejected) as exc:
             failed += 1
-            print(f"clipwatch: {path}: {exc.strerror if isinstance(exc, OSError) else exc}", file=sys.stderr)
+            print(f"clipwatch: {printable(path)}: {exc.strerror if isinstance(exc, OSError) else exc}", file=sys.stderr)
             continue
         line = {"path": path, "pdq": pdq.hex(), "quality": quality, "md5": hashlib.md5(data).hexdigest(),
                 "sha256": hashlib.sha256(data).hexdigest()}
         print(json.dumps(line, ensure_ascii=False) if as_json else f"{pdq.hex()}  {quality:>3}  {line['md5']}  "
-              f"{line['sha256']}  {path}")
+              f"{line['sha256']}  {printable(path)}")
     return 1 if failed else 0
 
 

@@ -160,7 +160,8 @@ class Committer:
         if self.copies is not None:
             self.copies.remove(applied.deleted)
             self.copies.upsert((applied.ids[r.path], r.hashes.pdq if r.hashes else None,
-                                r.hashes.pdq_quality if r.hashes else None) for r in rows if r.path in applied.ids)
+                                r.hashes.pdq_quality if r.hashes else None) for r in ours)
+            self.copies.remove(applied.ids[r.path] for r in rows if r.path in applied.ids and r.model != self.model)
         self.metrics.index_size.set(len(self.index))
 
     def _move_files(self, placements: Sequence[Placement], applied: Applied,

@@ -91,6 +91,11 @@ class FileBytes:
     md5: str = ""  # hash lists (the next issue's banks) carry MD5s
 
 
+def printable(path: str) -> str:
+    """A path as one line of a terminal (a newline in a file name is shown escaped)."""
+    return path if path.isprintable() else path.encode("unicode_escape").decode("ascii")
+
+
 def name_problem(path: str) -> FileRejected | None:
     """Why the store cannot hold this name exactly (bytes that are not UTF-8), or None."""
     try:

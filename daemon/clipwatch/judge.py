@@ -7,7 +7,7 @@ What a verdict compares, and what it never does:
 - **duplicate**, by three signals, the strongest that finds a match deciding (`Verdict.signal`):
   1. `sha256`: the same bytes stored under another row (the oldest such row), or in an entry judged
      earlier in the same batch: score 1.0.
-  2. `pdq`: a copy, by Meta's perceptual hash: the stored row (any instance, any model) or earlier entry
+  2. `pdq`: a copy, by Meta's perceptual hash: the stored row (any instance) or earlier entry
      whose PDQ hash is nearest, at most `duplicates.pdq_distance` bits away, both hashes of quality >=
      `duplicates.pdq_min_quality`. It flags on its own, whatever CLIP says; the score is still the two
      vectors' cosine. A mirrored or rotated copy is found among the CLIP candidates: one whose hash is
@@ -154,8 +154,8 @@ class Judge:
             return Verdict(nearest=nearest)
         match = (self._exact(entry, evidence, skip, earlier) or self._pdq(entry, vector, copied, shas, earlier)
                  or self._turned(entry, stored, shas, earlier) or self._near(entry, stored, shas, earlier))
-        if match is None or match.score is None or (
-                match.signal == Signal.CLIP and match.score < self.duplicates.threshold):
+        if match is None or (match.signal == Signal.CLIP and (match.score is None
+                                                              or match.score < self.duplicates.threshold)):
             return Verdict(nearest=nearest)
         assert match.signal is not None
         return replace(match, status=Status.DUPLICATE, nearest=nearest,

@@ -1,6 +1,7 @@
 """The PDQ index: every stored row's perceptual hash, for the duplicate check's copy signal.
 
-Rows of every instance and every model (a PDQ hash does not depend on the model), only those whose hash
+Rows of every instance made by the configured model (as the vector index: a match's score is the two
+vectors' cosine, and rows of another model are re-embedded by the next scans), only those whose hash
 quality reaches `duplicates.pdq_min_quality` (a match needs both hashes usable). Always in memory, also
 with `index.where = "database"` (no database here answers Hamming distances): 32 bytes and an id per row,
 40 MB at 1,000,000 rows, loaded at start from the `pdq` column and kept in step by the index sync.
@@ -112,9 +113,9 @@ class PerceptualIndex:
             self._codes, self._ids = codes, ids
 
 
-def load(store: object, min_quality: int) -> PerceptualIndex:
-    """Every usable stored hash (`Store.iter_hashes`), all instances and models."""
+def load(store: object, model: str, min_quality: int) -> PerceptualIndex:
+    """Every usable stored hash of `model` (`Store.iter_hashes`), all instances."""
     index = PerceptualIndex(min_quality)
-    for chunk in store.iter_hashes():  # type: ignore[attr-defined]
+    for chunk in store.iter_hashes(model):  # type: ignore[attr-defined]
         index.upsert_hex(chunk)
     return index

@@ -18,6 +18,7 @@ from typing import TextIO
 
 from .decisions import Decisions
 from .errors import ClipwatchError
+from .files import printable
 from .store import ActionRecord, DecisionRecord, FlaggedRow, Op, RecordAction, RecordDecision, SetVerdict, Store
 from .vocab import Decision, Deed, Signal, Status
 
@@ -47,11 +48,11 @@ def print_verdicts(rows: Iterable[FlaggedRow], out: TextIO, as_json: bool, limit
                               "instance": row.instance, "flagged_at": row.updated_at.isoformat()},
                              ensure_ascii=False), file=out)
         else:
-            match = f"row {row.match_id} {_printable(row.match_path or '?')}" if row.match_id else repr(row.label)
+            match = f"row {row.match_id} {printable(row.match_path or '?')}" if row.match_id else repr(row.label)
             score = "" if row.score is None else f"{row.score:.4f}"
             bits = "" if row.pdq_distance is None else str(row.pdq_distance)
             print(f"{row.id:>8}  {row.status:<10}  {row.signal or '':<6}  {score:>6}  {bits:>3}  "
-                  f"{_printable(row.path)}  ->  {match}", file=out)
+                  f"{printable(row.path)}  ->  {match}", file=out)
     return shown
 
 
@@ -113,7 +114,7 @@ def _after_dismissal(store: Store, cleared: list[int], decisions: Decisions) -> 
 
 
 def _said(row: FlaggedRow, decision: Decision, cleared: list[int], verdicts: dict[int, SetVerdict]) -> str:
-    what = f"{decision} row {row.id} {_printable(row.path)}: {_matched(row)}"
+    what = f"{decision} row {row.id} {printable(row.path)}: {_matched(row)}"
     if decision != Decision.DISMISSED:
         return what
     own = verdicts[row.id]
@@ -135,9 +136,9 @@ def _check(ids: list[int], rows: dict[int, FlaggedRow]) -> None:
     for i in ids:
         row = rows[i]
         if row.status == Status.OK:
-            raise ClipwatchError(f"row {i} ({_printable(row.path)}) is not flagged; nothing was changed")
+            raise ClipwatchError(f"row {i} ({printable(row.path)}) is not flagged; nothing was changed")
         if row.status == Status.DUPLICATE and row.match_sha256 is None:
-            raise ClipwatchError(f"row {i} ({_printable(row.path)}) was a duplicate of row {row.match_id}, which no "
+            raise ClipwatchError(f"row {i} ({printable(row.path)}) was a duplicate of row {row.match_id}, which no "
                                  "longer exists: the daemon judges it again at its next rescan; nothing was changed")
 
 
@@ -145,9 +146,6 @@ def _matched(row: FlaggedRow) -> str:
     score = "" if row.score is None else f" (score {row.score:.4f})"
     if row.status == Status.PROHIBITED:
         return f"prohibited, like {row.label!r}{score}"
-    return f"duplicate of row {row.match_id} {_printable(row.match_path or '?')}{score}"
+    return f"duplicate of row {row.match_id} {printable(row.match_path or '?')}{score}"
 
 
-def _printable(path: str) -> str:
-    """A path as one line of a terminal (a newline in a file name is shown escaped)."""
-    return path if path.isprintable() else path.encode("unicode_escape").decode("ascii")

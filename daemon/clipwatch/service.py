@@ -118,7 +118,7 @@ class Service:
         self.notifier.status("loading the similarity index")
         self.index, since = open_index(self.store, self.config.index, where, self.embedder.identity,
                                        self.embedder.dimension)
-        self.copies = pdqindex.load(self.store, self.config.duplicates.pdq_min_quality)
+        self.copies = pdqindex.load(self.store, self.embedder.identity, self.config.duplicates.pdq_min_quality)
         self.metrics.index_size.set(len(self.index))
         log.info("index_loaded", where=where, vectors=len(self.index), pdq_hashes=len(self.copies),
                  seconds=round(time.monotonic() - started, 2))

@@ -91,7 +91,7 @@ class IndexSync:
                     self.index.remove(page.other_model + page.deleted)
                 if self.copies is not None:
                     self.copies.upsert_hex(page.hashes)
-                    self.copies.remove(page.deleted)
+                    self.copies.remove(page.other_model + page.deleted)
                 changed += (len(page.hashes) if in_database else len(page.ids)) + len(page.deleted)
             self.since = until - timedelta(seconds=SAFETY_S)
         self.metrics.index_size.set(len(self.index))

@@ -161,9 +161,9 @@ class Store(ABC):
         """How many rows of `model` there are, all instances (to size the index once before loading it)."""
 
     @abstractmethod
-    def iter_hashes(self, chunk: int = 50_000) -> Iterator[list[tuple[int, str, int]]]:
-        """Every row's PDQ hash, all instances and models, as chunks of (id, hex, quality); for loading the
-        PDQ index."""
+    def iter_hashes(self, model: str, chunk: int = 50_000) -> Iterator[list[tuple[int, str, int]]]:
+        """The PDQ hash of every row of `model`, all instances, as chunks of (id, hex, quality); for loading
+        the PDQ index."""
 
     @abstractmethod
     def iter_changes(self, since: datetime, model: str, page: int = PAGE, vectors: bool = True) -> Iterator[

@@ -256,7 +256,7 @@ class ChangePage:
     vectors: np.ndarray  # (n, dim) float32
     other_model: list[int]  # changed rows whose vector comes from another model: not indexed
     deleted: list[int]
-    hashes: list[tuple[int, str | None, int | None]] = field(default_factory=list)  # changed rows' (id, pdq, quality)
+    hashes: list[tuple[int, str | None, int | None]] = field(default_factory=list)  # (id, pdq, quality), our model
 
 
 @dataclass(frozen=True)

@@ -106,11 +106,11 @@ class SQLStore(SQLBase):
     def count_vectors(self, model: str) -> int:
         return int(self._fetch(f"SELECT COUNT(*) FROM {self.t} WHERE model = {self.PARAM}", [model])[0][0])
 
-    def iter_hashes(self, chunk: int = 50_000) -> Iterator[list[tuple[int, str, int]]]:
+    def iter_hashes(self, model: str, chunk: int = 50_000) -> Iterator[list[tuple[int, str, int]]]:
         last, p = 0, self.PARAM
         while True:
-            rows = self._fetch(f"SELECT id, pdq, pdq_quality FROM {self.t} WHERE pdq IS NOT NULL AND id > {p} "
-                               f"ORDER BY id LIMIT {int(chunk)}", [last])
+            rows = self._fetch(f"SELECT id, pdq, pdq_quality FROM {self.t} WHERE model = {p} AND id > {p} "
+                               f"AND pdq IS NOT NULL ORDER BY model, id LIMIT {int(chunk)}", [model, last])
             if not rows:
                 return
             last = rows[-1][0]
@@ -122,10 +122,11 @@ class SQLStore(SQLBase):
         changed = self._pages_since(f"SELECT id, model, {embedding}, pdq, pdq_quality, updated_at FROM {self.t}",
                                     "updated_at", since, page)
         for rows in changed:
-            ours = [r for r in rows if r[1] == model and vectors]
-            yield ChangePage(ids=np.array([r[0] for r in ours], dtype=np.int64), vectors=_vectors([r[2] for r in ours]),
-                             other_model=[r[0] for r in rows if r[1] != model] if vectors else [], deleted=[],
-                             hashes=[(int(r[0]), r[3], r[4]) for r in rows])
+            ours = [r for r in rows if r[1] == model]
+            yield ChangePage(ids=np.array([r[0] for r in ours if vectors], dtype=np.int64),
+                             vectors=_vectors([r[2] for r in ours if vectors]),
+                             other_model=[r[0] for r in rows if r[1] != model], deleted=[],
+                             hashes=[(int(r[0]), r[3], r[4]) for r in ours])
         for rows in self._pages_since(f"SELECT id, deleted_at FROM {self.deleted_table}", "deleted_at",
                                       since, page):
             yield ChangePage(ids=np.zeros(0, np.int64), vectors=np.zeros((0, 0), np.float32), other_model=[],
