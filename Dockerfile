@@ -11,6 +11,10 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# pdqhash (Meta's PDQ, README "File hashes in each row") is compiled at install: a C++ compiler, in this
+# build stage only (the final image copies the virtualenv, not the compiler). Debian's current g++.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/clipwatch
 ENV PATH=/opt/clipwatch/bin:$PATH
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
