@@ -98,6 +98,15 @@ def place(photos: Path, h: Harness, name: str, as_name: str | None = None) -> Pa
     return dest
 
 
+def stored_with_resized_copy(h: Harness, photos: Path, name: str) -> tuple[Path, Path]:
+    """A photo stored, then a resized copy of it (copy.jpg), each in a batch of its own."""
+    original = place(photos, h, name)
+    h.upsert(original)
+    copy = resized_copy(original, h.root / "copy.jpg")
+    h.upsert(copy)
+    return original, copy
+
+
 def test_an_edited_copy_of_a_photo_is_a_pdq_duplicate_whatever_clip_says(make_harness, photos: Path):
     h = make_harness(duplicates__threshold=1.0)  # CLIP alone flags nothing but identical vectors
     original = place(photos, h, "skagen.jpg")
@@ -147,10 +156,7 @@ def test_copies_judged_in_one_batch_point_at_the_oldest_by_pdq(make_harness, pho
 def test_actions_are_chosen_per_signal(make_harness, photos: Path, tmp_path: Path):
     h = make_harness(duplicates__threshold=0.0, duplicates__actions='{pdq = "quarantine", clip = "flag"}',
                      quarantine__dir=str(tmp_path / "q"))
-    original = place(photos, h, "wayne.jpg")
-    h.upsert(original)
-    copy = resized_copy(original, h.root / "copy.jpg")
-    h.upsert(copy)
+    original, copy = stored_with_resized_copy(h, photos, "wayne.jpg")
     other = place(photos, h, look_alike(h, original, photos), "other.jpg")  # CLIP >= 0 (random weights here)
     h.upsert(other)
     assert not copy.exists() and (tmp_path / "q" / "copy.jpg").exists()  # a copy: moved
@@ -175,19 +181,13 @@ def look_alike(h: Harness, original: Path, photos: Path) -> str:
 
 def test_the_pdq_signal_can_be_turned_off(make_harness, photos: Path):
     h = make_harness(duplicates__threshold=1.0, duplicates__pdq_distance=-1)
-    original = place(photos, h, "snow.jpg")
-    h.upsert(original)
-    copy = resized_copy(original, h.root / "copy.jpg")
-    h.upsert(copy)
+    original, copy = stored_with_resized_copy(h, photos, "snow.jpg")
     assert all_verdicts(h.store)[str(copy)].status == "ok"
 
 
 def test_a_dismissed_pdq_pair_is_not_flagged_again(make_harness, photos: Path, cli):
     h = make_harness(duplicates__threshold=1.0)
-    original = place(photos, h, "sunset.jpg")
-    h.upsert(original)
-    copy = resized_copy(original, h.root / "copy.jpg")
-    h.upsert(copy)
+    original, copy = stored_with_resized_copy(h, photos, "sunset.jpg")
     row = all_verdicts(h.store)[str(copy)]
     assert row.status == "duplicate"
     assert cli("dismiss", str(row.id))[0] == 0
@@ -370,10 +370,7 @@ def test_the_review_page_shows_which_signal_decided_and_the_distance(make_harnes
     h = make_harness(metrics__listen="127.0.0.1:0", http__users_file=str(tmp_path / "users"),
                      duplicates__threshold=1.0)
     assert h.service._http is not None
-    original = place(photos, h, "anne_helene.jpg")
-    h.upsert(original)
-    copy = resized_copy(original, h.root / "copy.jpg")
-    h.upsert(copy)
+    original, copy = stored_with_resized_copy(h, photos, "anne_helene.jpg")
     row = h.store.rows_by_id([all_verdicts(h.store)[str(copy)].id])
     bits = next(iter(row.values())).pdq_distance
     status, _, page = Client(h.service._http.port, h.metrics).request("GET", "/", auth=ANA, headers=HTML)
@@ -383,10 +380,7 @@ def test_the_review_page_shows_which_signal_decided_and_the_distance(make_harnes
 
 def test_calibrate_for_pdq_measures_the_decided_pairs_distances(make_harness, photos: Path, cli):
     h = make_harness(duplicates__threshold=0.0)
-    original = place(photos, h, "new_wave_1.jpg")
-    h.upsert(original)
-    copy = resized_copy(original, h.root / "copy.jpg")
-    h.upsert(copy)
+    original, copy = stored_with_resized_copy(h, photos, "new_wave_1.jpg")
     other = place(photos, h, look_alike(h, original, photos), "other.jpg")
     h.upsert(other)
     rows = {r.path: r for r in h.store.rows_by_id([v.id for v in all_verdicts(h.store).values()]).values()}

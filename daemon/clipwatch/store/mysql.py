@@ -65,7 +65,7 @@ AUX_TABLES = {
 }
 
 
-# The columns `sqlbase.ADDED_COLUMNS`, as created with a new table and added to an older one.
+# The columns issue 21 added (sqlbase.COLUMNS), as created with a new table and added to an older one.
 ADDED = {
     "md5": "CHAR(32) CHARACTER SET ascii COLLATE ascii_bin NULL",
     "pdq": "CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NULL",

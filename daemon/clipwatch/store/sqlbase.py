@@ -38,9 +38,9 @@ from .records import (
 
 COLUMNS = ("instance", "path", "sha256", "size", "mtime", "model", "embedding", "status", "match_id", "score",
            "label", "md5", "pdq", "pdq_quality", "signal", "pdq_distance")
-# Added to tables made before they existed (`Store.migrate`): hashes of the file, and a verdict's evidence.
-# PDQ is kept as its 64 hex digits (Meta's format, readable in SQL); `signal` is quoted: a MySQL keyword.
-ADDED_COLUMNS = ("md5", "pdq", "pdq_quality", "signal", "pdq_distance")
+# The last five were added by issue 21 (each backend's ADDED: their types, and what `create_aux_tables` adds to
+# an older table). PDQ is kept as its 64 hex digits (Meta's format, readable in SQL); `signal` is quoted in
+# every statement: a MySQL keyword.
 DECISION_COLUMNS = ("kind", "sha256", "other", "decision", "decided_by", "score", "row_id", "path", "match_path")
 CHUNK = 500  # values per IN (...) list
 

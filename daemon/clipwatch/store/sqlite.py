@@ -24,6 +24,7 @@ AUX_TABLES = {
         path TEXT NOT NULL, dest TEXT, restore TEXT, undoes INTEGER, decided_by TEXT NOT NULL,
         decided_at TEXT NOT NULL""",
 }
+# The columns issue 21 added, as created with a new table and added to an older one.
 ADDED = {"md5": "TEXT", "pdq": "TEXT", "pdq_quality": "INTEGER", "signal": "TEXT", "pdq_distance": "INTEGER"}
 AUX_INDEXES = {"deleted": "deleted_at", "decisions": "sha256", "moves": "instance", "actions": "row_id"}
 
@@ -112,12 +113,7 @@ class SQLiteStore(SQLStore):
                     status TEXT NOT NULL DEFAULT 'ok',
                     match_id INTEGER,
                     score REAL,
-                    label TEXT,
-                    md5 TEXT,
-                    pdq TEXT,
-                    pdq_quality INTEGER,
-                    signal TEXT,
-                    pdq_distance INTEGER,
+                    label TEXT,{"".join(f" {name} {kind}," for name, kind in ADDED.items())}
                     created_at TEXT NOT NULL DEFAULT ({NOW}),
                     updated_at TEXT NOT NULL DEFAULT ({NOW}),
                     UNIQUE (instance, path)
