@@ -263,9 +263,10 @@ def lookup_cost(rows: int) -> None:
 
 
 def scan_cost(photos: list[Path]) -> None:
-    """`clipwatch scan` of the same photos, with the copy signal and without (hashing replaced by nothing),
-    twice each, alternating, in one process: the ratio is the signal's cost."""
-    from clipwatch import batcher
+    """`clipwatch scan` of the same photos, with the copy signal and without it (no hashing, and JPEGs decoded
+    only as large as the model needs), REPEATS times each, alternating, in one process: the ratio is the
+    signal's cost."""
+    from clipwatch import batcher, embedder
     from clipwatch.config_loader import load_config
     from clipwatch.logs import configure_logging
     from clipwatch.service import Service
@@ -278,10 +279,12 @@ def scan_cost(photos: list[Path]) -> None:
     inbox.mkdir()
     for i, p in enumerate(photos):
         (inbox / f"{i:04d}{p.suffix.lower()}").write_bytes(p.read_bytes())
-    real = batcher.hashes_of
+    real, draft = batcher.hashes_of, embedder.DRAFT_SIDE
     times: dict[str, list[float]] = {"with": [], "without": []}
     for run, mode in enumerate(["without", "with"] * REPEATS):
+        # without: no hash, and JPEGs decoded only as small as the model needs (224 px), as before the signal
         batcher.hashes_of = real if mode == "with" else (lambda img, md5: pdq.FileHashes(md5))  # type: ignore[assignment]
+        embedder.DRAFT_SIDE = draft if mode == "with" else 224  # type: ignore[misc]
         config = load_config(None, env={"CLIPWATCH_WATCH__PATHS": str(inbox), "CLIPWATCH_MODEL__NAME": str(model),
                                         "CLIPWATCH_MODEL__DEVICE": "cpu", "CLIPWATCH_MODEL__PRECISION": "fp32",
                                         "CLIPWATCH_STORE__URL": f"sqlite://{work}/run{run}.sqlite3",
@@ -293,7 +296,7 @@ def scan_cost(photos: list[Path]) -> None:
             times[mode].append(time.perf_counter() - started)
         finally:
             service.close()
-    batcher.hashes_of = real
+    batcher.hashes_of, embedder.DRAFT_SIDE = real, draft  # type: ignore[misc]
     with_s, without_s = min(times["with"]), min(times["without"])
     say(f"`clipwatch scan` of {len(photos)} photos (random-weight ViT-B/32, fp32, SQLite), best of {REPEATS} runs "
         "each: "

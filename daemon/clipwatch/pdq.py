@@ -9,9 +9,9 @@ apart (Hamming distance) are copies by Meta's recommended starting point, for ha
 Hashes come from `pdqhash`, the Python binding of Meta's own C++ (facebook/ThreatExchange, pdq/cpp), the
 library python-threatexchange itself uses: the same bits as every hash list the industry shares, which a
 re-implementation would have to prove. It is hashed from the image the decode threads already made for
-the model, reduced by a whole factor to 512-1,023 px (a 1600 px array costs ~90 ms, a 512 px one a few);
-on photos of quality >= 80 that stays a few bits from the reference hash of the full-resolution array
-(checked by tests/test_copies.py; measured in docs/benchmarks.md).
+the model (a JPEG decoded at >= DRAFT_SIDE), reduced by a whole factor to 512-1,023 px (a 1600 px array
+costs ~90 ms, a 512 px one a few); on photos of quality >= 80 that stays within Meta's conformance rule, 10
+bits of the reference hash of the full-resolution file (tests/test_copies.py; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image
 
 REDUCED_SIDE = 512  # an image is hashed with its longest side from this to twice this
-# A JPEG is decoded with libjpeg's DCT downscale to no fewer than this many pixels a side, whatever the model
-# needs (a hash must not depend on the model): the decode threads' image for CLIP ViT-B/32 (224 px input), so
-# `clipwatch hash` prints the hash the row holds. Models with a larger input hash from a larger decode (a few
-# bits apart at most: docs/benchmarks.md).
-DRAFT_SIDE = 224
+# A JPEG is decoded with libjpeg's DCT downscale to no fewer than this many pixels a side, for the model and
+# the hash alike (a hash must not depend on the model, and `clipwatch hash` prints the hash the row holds).
+# Measured on real JPEGs of quality >= 80 (docs/benchmarks.md): at 512 every hash is within Meta's 10 bits of
+# the reference on the full-resolution array (2 on average); at 224, the model's own need, up to 18.
+DRAFT_SIDE = 512
 BITS = 256
 BYTES = BITS // 8
 
