@@ -67,7 +67,9 @@ def test_log_in_and_see_a_flagged_pair_with_both_thumbnails_loaded(page):
     browser.find_element(By.NAME, "user").send_keys("ana")
     browser.find_element(By.NAME, "password").send_keys("wrong")
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-    assert "Wrong user name or password" in browser.find_element(By.CSS_SELECTOR, ".error").text
+    # the answer page replaces the form once the server has checked the password (bcrypt: not instant)
+    error = wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, ".error"), timeout=10, what="the login error")
+    assert "Wrong user name or password" in error[0].text
     log_in(browser, base)
     items = browser.find_elements(By.CSS_SELECTOR, ".queue .item")
     assert [int(i.get_attribute("data-id")) for i in items] == [
