@@ -1,8 +1,9 @@
 """Bytes to model-ready pixels: decode safely, apply EXIF orientation, bound the pixel count, and
 reproduce the model's own preprocessing (resize, centre crop, normalise) in one cheap step.
 
-The fast path (`Preprocessing.prepare`) asks libjpeg for a DCT-domain downscale (`Image.draft`) to just
-above the model's input size, so a 12-megapixel JPEG is never decoded at full size, then resizes and crops
+The fast path (`Embedder.decode`, then `Preprocessing.pixels`) asks libjpeg for a DCT-domain downscale
+(`Image.draft`) to just above what the model and the PDQ hash need (pdq.DRAFT_SIDE), so a 12-megapixel JPEG
+is never decoded at full size, then resizes and crops
 in one `Image.resize(box=...)` call and normalises with numpy. It runs in the worker's decode threads
 (Pillow releases the GIL while decoding and resizing). Vectors from it agree with the library's own
 preprocessing to cosine >= 0.99 (measured figures: docs/benchmarks.md; checked by a test).
@@ -106,10 +107,6 @@ class Preprocessing:
                        int(processor.resample), float(processor.rescale_factor))
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
-
-    def prepare(self, data: bytes, max_pixels: int) -> np.ndarray:
-        """A file's bytes to model input: draft decode, then `pixels`. Raises FileRejected like decode_image."""
-        return self.pixels(decode_image(data, max_pixels, draft=self.size))
 
     def pixels(self, img: Image.Image) -> np.ndarray:
         """An RGB image to model input: one resize that also crops (the crop box is mapped back onto the
