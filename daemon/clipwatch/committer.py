@@ -44,7 +44,7 @@ from .planner import Entry, Failure, Plan
 from .publish import Echoes, Gate, NameTaken
 from .retry import Retrier
 from .store import ActionRecord, Applied, Delete, JournalMove, Op, PendingMove, RecordAction, Rename, Store, Upsert
-from .vocab import MOVABLE_REASONS, Action, Deed, Reason, Result, Stage, Status
+from .vocab import BANK_SIGNALS, MOVABLE_REASONS, Action, Deed, Reason, Result, Stage, Status
 
 log = get_logger(__name__)
 
@@ -209,6 +209,8 @@ class Committer:
             v, done = p.verdict, p.action if p.entry.key in moved or not p.moves else Action.FLAG
             done = Action.FLAG if done == Action.PUBLISH else done  # the verdict's action; moved_to says where
             self.metrics.verdicts.labels(v.status, done, v.signal or "").inc()
+            if v.status == Status.PROHIBITED and v.signal in BANK_SIGNALS:
+                self.metrics.bank_matches.labels(v.label, v.signal).inc()
             if v.match_key is not None:
                 matched: str | None = by_key[v.match_key].row.path
                 match_id = applied.ids.get(matched or "")

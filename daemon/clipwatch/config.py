@@ -98,6 +98,13 @@ class ProhibitedConfig:
     text_threshold: float = 0.30
     action: Action = Action.QUARANTINE
     refresh_interval_s: float = 10.0
+    bank_dir: str = ""  # hash lists, one bank per file (banks.py); empty: none
+    bank_distance: int = 31  # PDQ bits apart at most for a bank match (Meta's and HMA's starting point)
+    dihedral: bool = True  # also match the upload's eight rotations and flips against the banks
+    actions: dict[Signal, Action] = field(default_factory=dict)  # per signal, else `action` (clip: references)
+
+    def action_for(self, signal: Signal | None) -> Action:
+        return self.actions.get(signal, self.action) if signal is not None else self.action
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .files import within
-from .vocab import VERDICT_ACTIONS
+from .vocab import VERDICT_ACTIONS, Signal
 
 SECTIONS: dict[str, type] = {
     "watch": WatchConfig,
@@ -198,16 +198,23 @@ def _validate(config: Config) -> Config:
     data_dir = _absolute(d.data_dir or default_data_dir())
     quarantine = _absolute(config.quarantine.dir or os.path.join(data_dir, "quarantine"))
     reference_dir = _absolute(config.prohibited.reference_dir) if config.prohibited.reference_dir else ""
+    bank_dir = _absolute(config.prohibited.bank_dir) if config.prohibited.bank_dir else ""
     bad_files = _absolute(config.errors.quarantine_dir) if config.errors.quarantine_dir else ""
     _apart(paths, {"quarantine.dir": quarantine, "prohibited.reference_dir": reference_dir,
-                   "errors.quarantine_dir": bad_files})
+                   "prohibited.bank_dir": bank_dir, "errors.quarantine_dir": bad_files})
     publish = _validate_publish(w, paths, {"quarantine.dir": quarantine, "prohibited.reference_dir": reference_dir,
-                                           "errors.quarantine_dir": bad_files, "daemon.data_dir": data_dir})
+                                           "prohibited.bank_dir": bank_dir, "errors.quarantine_dir": bad_files,
+                                           "daemon.data_dir": data_dir})
     _positive("duplicates.pdq_distance", config.duplicates.pdq_distance, minimum=-1, maximum=256)
     _positive("duplicates.pdq_min_quality", config.duplicates.pdq_min_quality, minimum=0, maximum=100)
+    _positive("prohibited.bank_distance", config.prohibited.bank_distance, minimum=0, maximum=256)
+    if Signal.MD5 in config.duplicates.actions:
+        raise ConfigError("duplicates.actions.md5: duplicates are found by sha256, pdq and clip; md5 is a hash "
+                          "list's signal (prohibited.actions)")
     for key, action in (("duplicates.action", config.duplicates.action),
                         ("prohibited.action", config.prohibited.action),
-                        *((f"duplicates.actions.{s}", a) for s, a in config.duplicates.actions.items())):
+                        *((f"duplicates.actions.{s}", a) for s, a in config.duplicates.actions.items()),
+                        *((f"prohibited.actions.{s}", a) for s, a in config.prohibited.actions.items())):
         if action not in VERDICT_ACTIONS:
             allowed = ", ".join(repr(str(a)) for a in VERDICT_ACTIONS)
             raise ConfigError(f"{key}: expected one of {allowed}, got {str(action)!r}")
@@ -217,7 +224,7 @@ def _validate(config: Config) -> Config:
         store=dataclasses.replace(s, instance=s.instance or socket.gethostname()),
         daemon=dataclasses.replace(d, data_dir=data_dir),
         quarantine=QuarantineConfig(dir=quarantine),
-        prohibited=dataclasses.replace(config.prohibited, reference_dir=reference_dir),
+        prohibited=dataclasses.replace(config.prohibited, reference_dir=reference_dir, bank_dir=bank_dir),
         errors=ErrorsConfig(quarantine_dir=bad_files),
         http=http,
     )

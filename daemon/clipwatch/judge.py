@@ -2,8 +2,11 @@
 
 What a verdict compares, and what it never does:
 
-- **prohibited**: the entry's vector against the reference images and prompts (`prohibited.*_threshold`);
-  a reference whose label a person dismissed for these bytes is skipped. Prohibited wins over duplicate.
+- **prohibited**: first the entry's hashes against the hash lists (banks.py: sha256, MD5, PDQ with its
+  rotations and flips; `signal` and `pdq_distance` say which and how close), then its vector against the
+  reference images and prompts (`prohibited.*_threshold`; signal `clip`). A bank or reference whose label a
+  person dismissed for these bytes is skipped. Prohibited wins over duplicate. The action is
+  `prohibited.actions[signal]`, else `prohibited.action`.
 - **duplicate**, by three signals, the strongest that finds a match deciding (`Verdict.signal`):
   1. `sha256`: the same bytes stored under another row (the oldest such row), or in an entry judged
      earlier in the same batch: score 1.0.
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .banks import BankMatch
 from .config import Config
 from .dbindex import SimilarityIndex
 from .decisions import Decisions
@@ -58,8 +62,8 @@ class Verdict:
     label: str | None = None
     nearest: float | None = None  # similarity to the nearest other stored image, whatever the verdict
     action: Action = Action.FLAG
-    signal: Signal | None = None  # what decided a duplicate
-    pdq_distance: int | None = None  # PDQ bits between the file and its match, where both hashes are usable
+    signal: Signal | None = None  # what decided the verdict
+    pdq_distance: int | None = None  # PDQ bits between the file and its match (a row, or a bank's hash)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Judge:
             return verdicts
         self._vectors_of = vectors_of
         vectors = np.stack([entries[j].vector for j in judged])  # type: ignore[misc]
+        banked = self._banked([entries[j] for j in judged])
         candidates = self._candidates([entries[j] for j in judged], vectors, evidence)
         copies = self._copies([entries[j] for j in judged], evidence)
         wanted = [i for j, c, p in zip(judged, candidates, copies, strict=True)
@@ -105,8 +110,9 @@ class Judge:
             skip = evidence.copies_of.get(entry.own_id, frozenset()) if entry.own_id is not None else frozenset()
             stored = [(i, s) for i, s in candidates[n] if i not in skip]
             copied = [(i, bits) for i, bits in copies[n] if i not in skip]
-            verdict = self._verdict(entry, vectors[n], stored, copied, shas, evidence, skip,
-                                    [(entries[judged[k]], float(similar[n, k])) for k in earlier])
+            verdict = self._prohibited(entry, vectors[n], banked[n], stored) or self._verdict(
+                entry, vectors[n], stored, copied, shas, evidence, skip,
+                [(entries[judged[k]], float(similar[n, k])) for k in earlier])
             verdicts[j] = verdict
             if verdict.action != Action.REJECT:
                 earlier.append(n)
@@ -141,15 +147,31 @@ class Judge:
         return (self.copies is not None and entry.hashes is not None and entry.hashes.pdq is not None
                 and usable(entry.hashes.pdq_quality, self.duplicates.pdq_min_quality))
 
+    def _banked(self, entries: list[Entry]) -> list[BankMatch | None]:
+        banks = self.references.banks
+        if banks is None or not banks.enabled:
+            return [None] * len(entries)
+        return banks.match_many([(e.sha256, e.hashes) for e in entries], self.decisions.labels_dismissed)
+
+    def _prohibited(self, entry: Entry, vector: np.ndarray, bank: BankMatch | None,
+                    stored: list[tuple[int, float]]) -> Verdict | None:
+        """A hash list's match, else the reference image or prompt the vector is close to, else None."""
+        nearest = stored[0][1] if stored else None
+        if bank is not None:
+            return Verdict(Status.PROHIBITED, label=bank.bank, nearest=nearest, signal=bank.signal,
+                           pdq_distance=bank.distance, action=self._action(entry, self.prohibited.action_for(
+                               bank.signal)))
+        ref = self.references.match(vector, self.decisions.labels_dismissed(entry.sha256)) if (
+            self.references.enabled) else None
+        if ref is None:
+            return None
+        return Verdict(Status.PROHIBITED, score=ref.score, label=ref.label, nearest=nearest, signal=Signal.CLIP,
+                       action=self._action(entry, self.prohibited.action_for(Signal.CLIP)))
+
     def _verdict(self, entry: Entry, vector: np.ndarray, stored: list[tuple[int, float]],
                  copied: list[tuple[int, int]], shas: Mapping[int, str], evidence: Evidence, skip: frozenset[int],
                  earlier: list[tuple[Entry, float]]) -> Verdict:
         nearest = stored[0][1] if stored else None
-        if self.references.enabled:
-            ref = self.references.match(vector, self.decisions.labels_dismissed(entry.sha256))
-            if ref is not None:
-                return Verdict(Status.PROHIBITED, score=ref.score, label=ref.label, nearest=nearest,
-                               action=self._action(entry, self.prohibited.action))
         if not self.duplicates.enabled:
             return Verdict(nearest=nearest)
         match = (self._exact(entry, evidence, skip, earlier) or self._pdq(entry, vector, copied, shas, earlier)

@@ -59,7 +59,7 @@ class Metrics:
                                  "Unix time of the last committed batch", registry=r)
         self.store_up = Gauge("clipwatch_store_up", "1 when the last store operation succeeded", registry=r)
         self.verdicts = Counter("clipwatch_verdicts_total", "Images judged duplicate or prohibited, by action and "
-                                "by the signal that decided a duplicate (empty for prohibited)",
+                                "by the signal that decided (clip for a reference image or prompt)",
                                 ["kind", "action", "signal"], registry=r)
         self.best_match = Histogram("clipwatch_best_match_similarity",
                                     "Cosine similarity of each ingested image to its nearest stored image",
@@ -67,6 +67,20 @@ class Metrics:
         self.index_size = Gauge("clipwatch_index_size", "Vectors in the in-memory similarity index", registry=r)
         self.references = Gauge("clipwatch_prohibited_references", "Prohibited reference images and prompts",
                                 registry=r)
+        self.bank_matches = Counter("clipwatch_bank_matches_total", "Images found in a hash list "
+                                    "(prohibited.bank_dir), at ingest and by the pass over stored rows, by bank and "
+                                    "signal",
+                                    ["bank", "signal"], registry=r)
+        self.bank_hashes = Gauge("clipwatch_bank_hashes", "Hashes in each bank as last loaded, by signal",
+                                 ["bank", "signal"], registry=r)
+        self.bank_loaded = Gauge("clipwatch_bank_last_load_timestamp_seconds", "Unix time each bank was last loaded",
+                                 ["bank"], registry=r)
+        self.bank_load_seconds = Gauge("clipwatch_bank_load_duration_seconds", "Time the last load of each bank took",
+                                       ["bank"], registry=r)
+        self.bank_rejected = Counter("clipwatch_bank_lines_rejected_total", "Bank file lines skipped as malformed",
+                                     ["bank"], registry=r)
+        self.bank_failures = Counter("clipwatch_bank_load_failures_total", "Bank files that could not be read (the "
+                                     "bank keeps its previous contents)", ["bank"], registry=r)
         self.sync_success = Gauge("clipwatch_index_sync_last_success_timestamp_seconds",
                                   "Unix time of the last index sync round that reached the store", registry=r)
         self.http_refused = Counter("clipwatch_http_refused_total",
@@ -97,9 +111,10 @@ class Metrics:
         for refusal in Refusal:
             self.http_refused.labels(refusal)
         for action in VERDICT_ACTIONS:
-            self.verdicts.labels(Status.PROHIBITED, action, "")
             for signal in Signal:
-                self.verdicts.labels(Status.DUPLICATE, action, signal)
+                self.verdicts.labels(Status.PROHIBITED, action, signal)
+                if signal != Signal.MD5:
+                    self.verdicts.labels(Status.DUPLICATE, action, signal)
         for source in Source:
             self.discovered.labels(source)
         for result in Result:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .banks import Banks
 from .config import Config
 from .embedder import Embedder, Prepared
 from .errors import FileRejected
@@ -41,8 +42,9 @@ class _Set:
 
 
 class References:
-    def __init__(self, config: Config, embedder: Embedder) -> None:
+    def __init__(self, config: Config, embedder: Embedder, banks: Banks | None = None) -> None:
         self.config = config
+        self.banks = banks  # the hash lists (banks.py), judged beside the references
         self.embedder = embedder
         self.directory = config.prohibited.reference_dir
         self.cache_path = Path(config.daemon.data_dir) / f"references-{_safe(embedder.identity)}.npz"

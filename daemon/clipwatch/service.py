@@ -21,6 +21,7 @@ from typing import Any
 from . import pdqindex, quarantine
 from .actions import Actions
 from .answers import Answers
+from .banks import Banks
 from .changes import Change
 from .config import Config, metrics_address
 from .dbindex import SimilarityIndex, init_schema
@@ -36,6 +37,7 @@ from .metrics import Metrics
 from .notify import Notifier
 from .publish import Census, Echoes, Gate
 from .references import References
+from .retro import keeper_threads, load_banks
 from .scanner import ScanCounts, reconcile, repair_verdicts
 from .store import Store, open_store
 from .sync import IndexSync, open_index
@@ -53,8 +55,7 @@ HEALTH_TICK_S = 60.0  # the worker's loop ticks at least every 30 s, even while 
 
 class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None, embedder: Embedder | None = None) -> None:
-        self.config = config
-        self.metrics = metrics or Metrics()
+        self.config, self.metrics = config, metrics or Metrics()
         self.paths = PathFilter(config.roots, config.watch.extensions, config.watch.ignore)
         self.gate, self.echoes = Gate(config.watch.paths, config.watch.publish_dir), Echoes()
         self.embedder = embedder or Embedder.from_config(config.model, str(config.data_dir / "precision.json"))
@@ -66,9 +67,9 @@ class Service:
         self.index: SimilarityIndex | None = None
         self.copies: pdqindex.PerceptualIndex | None = None  # every stored PDQ hash (the copy signal)
         self.references: References | None = None
+        self.banks: Banks | None = None  # the hash lists (banks.py), kept current by retro.py's thread
         self.sync: IndexSync | None = None
-        self._sync_from = datetime.min
-        self.scan_counts = ScanCounts()
+        self._sync_from, self.scan_counts = datetime.min, ScanCounts()
         self.watcher: Watcher | None = None
         self._http: WebServer | None = None
         self._api_store: Store | None = None  # the HTTP threads' own connection, used under _api_lock
@@ -122,7 +123,8 @@ class Service:
         self.metrics.index_size.set(len(self.index))
         log.info("index_loaded", where=where, vectors=len(self.index), pdq_hashes=len(self.copies),
                  seconds=round(time.monotonic() - started, 2))
-        references = References(self.config, self.embedder)
+        self.banks = load_banks(self.config, self.metrics, self.notifier)  # before the first file is judged
+        references = References(self.config, self.embedder, self.banks)
         references.load()
         self.metrics.references.set(len(references))
         self.references = references
@@ -145,8 +147,8 @@ class Service:
                                answers.check)
 
     def _warn_foreign_rows(self) -> None:
-        assert self.store is not None
-        foreign = sum(n for _, model, n in self.store.status().counts if model != self.embedder.identity)
+        foreign = sum(n for _, model, n in self.store.status().counts  # type: ignore[union-attr,misc]
+                      if model != self.embedder.identity)
         if foreign:
             log.warning("rows_of_other_model", rows=foreign, model=self.embedder.identity,
                         action="their files are re-embedded with the configured model as scans reach them")
@@ -173,6 +175,7 @@ class Service:
             threading.Thread(target=self._scan_loop, name="scanner", daemon=True),
             threading.Thread(target=self.sync.run, args=(self.stop_event,), name="index-sync", daemon=True),
         ]
+        threads += keeper_threads(self.config, self.banks, self.decisions, self.metrics, self.stop_event)
         if self.gate.enabled:
             self.metrics.publish_max_wait.set(self.config.watch.publish_max_wait_s)
             census = Census(self.gate, self.paths, self.intake, self.metrics)

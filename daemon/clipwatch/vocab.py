@@ -28,12 +28,17 @@ class Action(StrEnum):
 
 
 class Signal(StrEnum):
-    """What decided a duplicate verdict (the `signal` column), strongest first: the same bytes, a PDQ match
-    (a copy: re-encoded, resized, lightly edited), a CLIP similarity (a look-alike, or a copy PDQ misses)."""
+    """What decided a verdict (the `signal` column), strongest first: the same bytes (sha256; a hash list's
+    MD5), a PDQ match (a copy: re-encoded, resized, lightly edited), a CLIP similarity (a look-alike, a copy
+    PDQ misses, or a prohibited reference image or prompt)."""
 
     SHA256 = "sha256"
+    MD5 = "md5"  # only hash lists match by MD5 (banks.py); duplicates by sha256
     PDQ = "pdq"
     CLIP = "clip"
+
+
+BANK_SIGNALS = (Signal.SHA256, Signal.MD5, Signal.PDQ)  # what a prohibited verdict from a hash list rests on
 
 
 VERDICT_ACTIONS = (Action.FLAG, Action.QUARANTINE, Action.REJECT)  # what duplicates/prohibited.action may be

@@ -166,6 +166,12 @@ class Store(ABC):
         the PDQ index."""
 
     @abstractmethod
+    def iter_bank_keys(self, chunk: int = 20_000) -> Iterator[list[tuple[int, str, str, str | None, str | None,
+                                                                         int | None]]]:
+        """This instance's rows not already prohibited, any model, as chunks of (id, path, sha256, md5, pdq hex,
+        quality): what a hash list is checked against (retro.py)."""
+
+    @abstractmethod
     def iter_changes(self, since: datetime, model: str, page: int = PAGE, vectors: bool = True) -> Iterator[
             ChangePage]:
         """Rows changed and rows deleted (any instance) since `since`, `page` rows per query. Without
