@@ -115,8 +115,20 @@ def test_actions_per_signal_are_read_and_checked(tmp_path: Path):
     assert config.duplicates.action_for(Signal.PDQ) == Action.QUARANTINE
     assert config.duplicates.action_for(Signal.SHA256) == Action.REJECT
     assert config.duplicates.action_for(Signal.CLIP) == config.duplicates.action == Action.FLAG
-    with pytest.raises(ConfigError, match="duplicates.actions.phash: expected one of 'sha256', 'pdq', 'clip'"):
+    with pytest.raises(ConfigError, match="duplicates.actions.phash: expected one of 'sha256', 'md5', 'pdq', 'clip'"):
         load_config(None, env={"CLIPWATCH_DUPLICATES__ACTIONS": '{phash = "flag"}'})
+    with pytest.raises(ConfigError, match="duplicates.actions.md5: duplicates are found by sha256, pdq and clip"):
+        load_config(None, env={"CLIPWATCH_DUPLICATES__ACTIONS": '{md5 = "flag"}'})
+    prohibited = load_config(None, env={"CLIPWATCH_PROHIBITED__ACTIONS": '{clip = "flag", md5 = "reject"}'}).prohibited
+    assert prohibited.action_for(Signal.CLIP) == Action.FLAG and prohibited.action_for(Signal.MD5) == Action.REJECT
+    assert prohibited.action_for(Signal.PDQ) == prohibited.action == Action.QUARANTINE
+    with pytest.raises(ConfigError, match="prohibited.actions.pdq: expected one of 'flag', 'quarantine', 'reject'"):
+        load_config(None, env={"CLIPWATCH_PROHIBITED__ACTIONS": '{pdq = "publish"}'})
+    with pytest.raises(ConfigError, match="prohibited.bank_distance: expected an integer from 0 to 256"):
+        load_config(None, env={"CLIPWATCH_PROHIBITED__BANK_DISTANCE": "-1"})
+    with pytest.raises(ConfigError, match="prohibited.bank_dir: .* is inside the watched directory"):
+        load_config(None, env={"CLIPWATCH_WATCH__PATHS": f'["{tmp_path}"]',
+                               "CLIPWATCH_PROHIBITED__BANK_DIR": str(tmp_path / "banks")})
     with pytest.raises(ConfigError, match="duplicates.actions.pdq: expected one of 'flag', 'quarantine', 'reject'"):
         load_config(None, env={"CLIPWATCH_DUPLICATES__ACTIONS": '{pdq = "publish"}'})
     with pytest.raises(ConfigError, match="duplicates.pdq_distance: expected an integer from -1 to 256"):

@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="path_a,path_b,same lines (same: 1 or 0), embedded with the configured model")
     calibrate.add_argument("--json", action="store_true",
                            help="JSON: decisions, positives, negatives, suggested_threshold, curve, histogram, needs")
+    _bank_parsers(sub, common)
     user = sub.add_parser("user", help="users of the review pages and search (http.users_file)",
                           description="Manage the htpasswd file named by http.users_file.")
     user_sub = user.add_subparsers(dest="user_command", required=True, metavar="SUBCOMMAND")
@@ -124,6 +125,31 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name", metavar="NAME")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     return parser
+
+
+def _bank_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    bank = sub.add_parser("bank", help="hash lists of prohibited images (prohibited.bank_dir)",
+                          description="The hash lists in prohibited.bank_dir. Exit codes: 0 done (check: nothing "
+                                      "matched), 1 a file or bank could not be read, 2 usage or configuration, "
+                                      "3 (check) a file matched a bank.")
+    bank_sub = bank.add_subparsers(dest="bank_command", required=True, metavar="SUBCOMMAND")
+    listing = bank_sub.add_parser("list", parents=[common], help="banks, their hashes by signal, problems",
+                                  description="Each bank: hashes by signal, malformed lines, when its file changed "
+                                              "and when this data_dir's daemon last checked its stored rows "
+                                              "against it. Exits 1 when a bank has a problem.")
+    add = bank_sub.add_parser("add", parents=[common], help="hash images into a bank file",
+                              description="Hash images you are allowed to hold into the bank NAME "
+                                          "(<bank_dir>/NAME.txt, created if missing; atomic write): a pdq line "
+                                          "where the hash is usable, an md5 line always. A running daemon picks "
+                                          "it up at its next refresh and checks the stored rows against it.")
+    add.add_argument("name", metavar="NAME")
+    check = bank_sub.add_parser("check", parents=[common], help="which banks image files match, and how closely",
+                                description="Hash each file as the daemon does and print every bank it matches "
+                                            "(signal, PDQ bits). Exits 3 when a file matched.")
+    for command in (add, check):
+        command.add_argument("files", nargs="+", metavar="FILE")
+    for command in (listing, add, check):
+        command.add_argument("--json", action="store_true", help="JSON lines, one per bank or file")
 
 
 def _review_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -179,12 +205,23 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
         "confirm": lambda: commands.cmd_decide(config, args.ids, args.decision, args.by),
         "calibrate": lambda: commands.cmd_calibrate(config, args.target, args.pairs, args.json),
         "user": lambda: commands.cmd_user_add(config, args.name, args.password_stdin),
+        "bank": lambda: _bank(config, args),
     }
     if args.command in run:
         return run[args.command]()
     if args.db_command == "init":
         return commands.cmd_db_init(config, args.dimension)
     return commands.cmd_db_status(config, args.json)
+
+
+def _bank(config: Config, args: argparse.Namespace) -> int:
+    from . import bankcmd
+
+    if args.bank_command == "list":
+        return bankcmd.cmd_bank_list(config, args.json)
+    if args.bank_command == "add":
+        return bankcmd.cmd_bank_add(config, args.name, args.files, args.json)
+    return bankcmd.cmd_bank_check(config, args.files, args.json)
 
 
 if __name__ == "__main__":
