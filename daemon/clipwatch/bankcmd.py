@@ -13,7 +13,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .banks import BankMatch, Banks, BankUnreadable, bank_files, bank_name, read_bank, write_bank
 from .config import Config
@@ -22,6 +22,10 @@ from .files import printable
 from .imaging import decode_image
 from .pdq import DRAFT_SIDE, FileHashes, hashes_of
 from .retro import Snapshots
+
+if TYPE_CHECKING:
+    from .calibration import Report
+    from .store import DecisionRecord, Store
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 MATCHED = 3
@@ -159,3 +163,13 @@ def every_match(banks: Banks, sha256: str, hashes: FileHashes) -> list[BankMatch
         if match is None:
             return found
         found.append(match)
+
+
+def bank_calibration(config: Config, decisions: list[DecisionRecord], store: Store) -> Report:
+    """`clipwatch calibrate --for bank`: the banks as they are now, the decided files' stored hashes."""
+    from .calibration import bank_report
+
+    banks = Banks.from_config(config)
+    banks.refresh()
+    return bank_report(config, decisions, lambda shas: store.pdq_by_sha256(shas, config.duplicates.pdq_min_quality),
+                       {b.name: b for b in banks.banks()})

@@ -10,6 +10,9 @@ The same for `duplicates.pdq_distance`, where *lower* is closer: a confirmed or 
 two files' PDQ hashes are still stored is a sample of their distance in bits, and the verdicts at or
 below a distance d are the ones the daemon would make.
 
+The same for `prohibited.bank_distance`: a decision about a hash-list match whose file's PDQ hash is still
+stored is a sample of its distance to the bank's nearest hash.
+
 The suggested threshold is the lowest t at which precision reaches `calibration.target_precision` and
 stays there for every higher threshold (for distances: the highest d, and every lower one); a dip above it
 would mean a stricter setting flags more false alarms per true one, which no operator wants to discover.
@@ -24,10 +27,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from .banks import Bank
 from .config import Config
 from .decisions import latest
 from .errors import ClipwatchError
 from .pdq import distance
+from .retro import turned
 from .store import DecisionRecord
 from .vocab import Decision, Status
 
@@ -118,6 +125,27 @@ def pdq_report(config: Config, decisions: Iterable[DecisionRecord],
     samples = [Sample(float(distance(known[d.sha256], known[d.other])), d.decision == Decision.CONFIRMED)
                for d in counted if d.sha256 in known and d.other in known]
     return calibrate(samples, "duplicates.pdq_distance", config.duplicates.pdq_distance,
+                     config.calibration.target_precision, lower=True)
+
+
+def bank_report(config: Config, decisions: Iterable[DecisionRecord],
+                hashes: Callable[[Sequence[str]], Mapping[str, bytes]], banks: Mapping[str, Bank]) -> Report:
+    """The report for `prohibited.bank_distance`: decisions about hash-list matches (the label a bank of
+    `banks`) whose file's PDQ hash is stored, each as the distance from that hash (and its rotations and flips,
+    derived from the hash, where `prohibited.dihedral`) to the bank's nearest hash."""
+    counted = [d for d in latest(d for d in decisions if d.kind == Status.PROHIBITED and d.other in banks).values()]
+    known = hashes(sorted({d.sha256 for d in counted}))
+    samples = []
+    for d in counted:
+        bank = banks[d.other]
+        if d.sha256 in known and len(bank.pdq):
+            import faiss
+
+            code = np.frombuffer(known[d.sha256], np.uint8).reshape(1, -1)
+            variants = turned(code)[0] if config.prohibited.dihedral else code
+            bits, _ = faiss.knn_hamming(np.ascontiguousarray(variants), bank.pdq, 1)
+            samples.append(Sample(float(bits.min()), d.decision == Decision.CONFIRMED))
+    return calibrate(samples, "prohibited.bank_distance", config.prohibited.bank_distance,
                      config.calibration.target_precision, lower=True)
 
 

@@ -106,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "--pairs: precision and recall at each threshold, the histogram of similarities with the "
                     "decisions, and the lowest threshold whose precision reaches calibration.target_precision "
                     "(and stays there above it). Changes nothing: copy the number into the configuration.")
-    calibrate.add_argument("--for", dest="target", choices=("duplicates", "pdq", "prohibited"), default="duplicates",
+    calibrate.add_argument("--for", dest="target", choices=("duplicates", "pdq", "prohibited", "bank"),
+                           default="duplicates",
                            help="duplicates.threshold (default), duplicates.pdq_distance (from the PDQ hashes of "
-                                "the decided pairs' files still stored) or prohibited.image_threshold")
+                                "the decided pairs' files still stored), prohibited.image_threshold or "
+                                "prohibited.bank_distance (decided hash-list matches, their files' stored PDQ)")
     calibrate.add_argument("--pairs", metavar="FILE.csv",
                            help="path_a,path_b,same lines (same: 1 or 0), embedded with the configured model")
     calibrate.add_argument("--json", action="store_true",

@@ -372,6 +372,10 @@ def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool)
         if target == "pdq":
             report = pdq_report(config, decisions, lambda shas: store.pdq_by_sha256(
                 shas, config.duplicates.pdq_min_quality))
+        elif target == "bank":
+            from .bankcmd import bank_calibration
+
+            report = bank_calibration(config, decisions, store)
     finally:
         store.close()
     labelled: list[Sample] = []
@@ -383,7 +387,7 @@ def cmd_calibrate(config: Config, target: str, pairs: str | None, as_json: bool)
         embedder.load()
         labelled = read_pairs(pairs, lambda a, b: compare(_embed_file(config, embedder, a),
                                                          _embed_file(config, embedder, b), "cosine"))
-    if target != "pdq":
+    if target not in ("pdq", "bank"):
         report = report_for(config, decisions, kind, labelled)
     print(json.dumps(report.as_json()) if as_json else "\n".join(report.as_text()))
     return 0

@@ -34,7 +34,7 @@ from ..logs import get_logger
 from ..references import References
 from ..review import decide
 from ..store import ActionRecord, ReviewItem, ReviewQuery, Store
-from ..vocab import Decision, Status
+from ..vocab import BANK_SIGNALS, Decision, Status
 from .thumbs import Thumbnails
 
 log = get_logger(__name__)
@@ -234,7 +234,8 @@ def _pair(item: ReviewItem, thumbnails: Thumbnails) -> dict[str, Any]:
     return {"row": r, "upload": upload, "match": match, "flagged_at": utc_minutes(r.updated_at.replace(tzinfo=UTC)),
             "ours": r.instance == thumbnails.instance, "quarantined": not thumbnails.under_root(r.path),
             "match_movable": match is not None and match.present and item.match_instance == thumbnails.instance
-            and thumbnails.under_root(match.path)}
+            and thumbnails.under_root(match.path),
+            "banked": r.status == Status.PROHIBITED and r.signal in BANK_SIGNALS}  # a hash list's match
 
 
 def _side(row_id: int, path: str, size: int | None, mtime: float | None, instance: str | None,
