@@ -100,7 +100,7 @@ def bank_files(directory: str) -> list[Path]:
     except OSError:
         return []
     return [Path(e.path) for e in entries if not e.name.startswith(".") and not e.name.endswith(NOT_BANKS)
-            and e.is_file()]
+            and (e.is_file() or (e.is_symlink() and not os.path.exists(e.path)))]  # a dangling link: unreadable
 
 
 def signature(path: Path) -> tuple[int, int, int]:

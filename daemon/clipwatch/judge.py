@@ -83,6 +83,7 @@ class Judge:
     def __init__(self, config: Config, model: str, index: SimilarityIndex, references: References,
                  decisions: Decisions, copies: PerceptualIndex | None = None) -> None:
         self.duplicates, self.prohibited, self.model = config.duplicates, config.prohibited, model
+        self.gated = bool(config.watch.publish_dir)
         self.index, self.references, self.decisions = index, references, decisions
         self.copies = copies if self.duplicates.pdq_distance >= 0 else None  # the PDQ index; None: signal off
         self._vectors_of: VectorsOf | None = None
@@ -157,10 +158,11 @@ class Judge:
                     stored: list[tuple[int, float]]) -> Verdict | None:
         """A hash list's match, else the reference image or prompt the vector is close to, else None."""
         nearest = stored[0][1] if stored else None
-        if bank is not None:
+        if bank is not None:  # behind a publish gate never public: `flag` would publish it, so it quarantines
+            action = self.prohibited.action_for(bank.signal)
+            action = Action.QUARANTINE if action == Action.FLAG and self.gated else action
             return Verdict(Status.PROHIBITED, label=bank.bank, nearest=nearest, signal=bank.signal,
-                           pdq_distance=bank.distance, action=self._action(entry, self.prohibited.action_for(
-                               bank.signal)))
+                           pdq_distance=bank.distance, action=self._action(entry, action))
         ref = self.references.match(vector, self.decisions.labels_dismissed(entry.sha256)) if (
             self.references.enabled) else None
         if ref is None:
