@@ -23,6 +23,8 @@ from clipwatch import pdq
 from clipwatch.answers import Answers
 from clipwatch.banks import Banks, read_bank
 from clipwatch.imaging import decode_image
+from clipwatch import retro
+from clipwatch.mih import MultiIndex
 from clipwatch.retro import BankKeeper, Snapshots, turned
 from clipwatch.store import SetVerdict, open_store
 from clipwatch.web.users import set_user
@@ -173,7 +175,9 @@ def keeper(h: Harness) -> BankKeeper:
                       h.service.decisions, 1.0, h.metrics)
 
 
-def test_stored_rows_are_checked_against_what_a_bank_gains(make_harness, photos: Path, tmp_path: Path):
+def test_stored_rows_are_checked_against_what_a_bank_gains(make_harness, photos: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(retro, "MULTI_INDEX_FROM", 1)  # the multi-index even for these few rows (the others: brute)
     banks = tmp_path / "banks"
     write_bank(banks, "list", [photos / "bar55.jpg"])
     h = make_harness(prohibited__bank_dir=banks)
@@ -292,6 +296,30 @@ def test_rotations_derived_from_a_stored_hash_are_close_to_the_exact_ones(photos
             worst.append(min(pdq.distance(exact, d.tobytes()) for d in derived))
     assert len(worst) >= 8 * 10
     assert max(worst) <= 20 and sum(worst) / len(worst) <= 7  # measured: 18 at most, 5 on average
+
+
+def test_the_multi_index_finds_exactly_the_pairs_brute_force_finds():
+    import faiss
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (20_000, 32), np.uint8)
+    near = codes[rng.integers(0, len(codes), 600)].copy()
+    for n, flips in enumerate(rng.integers(0, 56, len(near))):  # copies 0..55 bits away, around every radius
+        bits = rng.choice(256, flips, replace=False)
+        np.bitwise_xor.at(near[n], bits // 8, (1 << (7 - bits % 8)).astype(np.uint8))
+    queries = np.concatenate([near, rng.integers(0, 256, (400, 32), np.uint8)])
+    index, flat = MultiIndex(codes), faiss.IndexBinaryFlat(256)
+    flat.add(codes)
+    for radius in (0, 5, 12, 31, 47):
+        limits, distances, ids = flat.range_search(queries, radius + 1)
+        expected = set(zip(np.repeat(np.arange(len(queries)), np.diff(limits).astype(np.int64)).tolist(),
+                           ids.tolist(), distances.tolist(), strict=True))
+        q, i, d = index.within(queries, radius)
+        assert set(zip(q.tolist(), i.tolist(), d.tolist(), strict=True)) == expected, radius
+        assert len(q) == len(expected)  # each pair once
+        assert radius < 31 or len(expected) > 100  # the test has pairs to find
+    with pytest.raises(ValueError, match="0..47"):
+        index.within(queries, 48)
 
 
 def test_check_answers_a_bank_match(make_harness, photos: Path, tmp_path: Path):

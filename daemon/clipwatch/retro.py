@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,16 @@ from .decisions import Decisions
 from .errors import StoreError
 from .logs import get_logger
 from .metrics import Metrics
+from .mih import MAX_RADIUS, MultiIndex
 from .notify import Notifier
-from .pdq import BYTES
+from .pdq import BITS, BYTES
 from .store import SetVerdict, Store, open_store
 from .vocab import Signal, Status
 
 log = get_logger(__name__)
-CHUNK = 20_000  # stored rows per query and per distance computation
+CHUNK = 20_000  # stored rows per query
+BLOCK = 1_000_000  # stored rows compared at once (a multi-index of them: ~230 MB while the pass runs)
+MULTI_INDEX_FROM = 50_000  # fewer rows: brute force (a multi-index's fixed cost is ~130 MB of tables)
 
 
 def turned(codes: np.ndarray) -> np.ndarray:
@@ -57,50 +61,95 @@ def turned(codes: np.ndarray) -> np.ndarray:
 
 
 def check_stored(store: Store, added: Bank, banks: Banks, decisions: Decisions, metrics: Metrics | None = None,
-                 stop: threading.Event | None = None) -> int:
+                 stop: threading.Event | None = None, block: int = BLOCK) -> int:
     """Mark this instance's stored rows that match `added` (a bank's new hashes). Returns how many."""
     marked = 0
-    for chunk in store.iter_bank_keys(CHUNK):
-        if stop is not None and stop.is_set():
-            raise InterruptedError("stopping")
+    for rows in _blocks(store.iter_bank_keys(CHUNK), block, banks.min_quality, stop):
+        hits = _matches(rows, added, banks)
+        if not hits:
+            continue
+        found = store.rows_by_id(list(hits))
         ops: list[SetVerdict] = []
-        hits = _matches(chunk, added, banks)
-        for (row_id, path, sha256, *_), (signal, bits) in hits.items():
-            if added.name in decisions.labels_dismissed(sha256):
-                continue
+        for row_id, (signal, bits) in sorted(hits.items()):
+            row = found.get(row_id)
+            if row is None or added.name in decisions.labels_dismissed(row.sha256):
+                continue  # gone meanwhile, or a person said this file is not what the bank lists
             ops.append(SetVerdict(row_id, Status.PROHIBITED, label=added.name, signal=signal, pdq_distance=bits))
-            log.warning("bank_match_stored", bank=added.name, signal=signal, pdq_distance=bits, id=row_id, path=path,
-                        action="flagged for review; the file stays where it is")
+            log.warning("bank_match_stored", bank=added.name, signal=signal, pdq_distance=bits, id=row_id,
+                        path=row.path, action="flagged for review; the file stays where it is")
             if metrics is not None:
                 metrics.bank_matches.labels(added.name, signal).inc()
-        if ops:
-            store.apply(ops)
-            marked += len(ops)
+        for first in range(0, len(ops), CHUNK):
+            store.apply(ops[first:first + CHUNK])
+        marked += len(ops)
     return marked
 
 
-Key = tuple[int, str, str, str | None, str | None, int | None]  # id, path, sha256, md5, pdq, quality
+@dataclass
+class Rows:
+    """A block of stored rows, as arrays: what the pass compares."""
+
+    ids: np.ndarray  # int64
+    sha256: np.ndarray  # S32
+    md5: np.ndarray  # S16 (zero bytes where the row has none; `has_md5` says which)
+    has_md5: np.ndarray  # bool
+    codes: np.ndarray  # (n, 32) PDQ hashes of the rows whose hash is usable ...
+    code_ids: np.ndarray  # ... and their row ids
 
 
-def _matches(chunk: list[Key], added: Bank, banks: Banks) -> dict[Key, tuple[Signal, int]]:
-    found: dict[Key, tuple[Signal, int]] = {}
+Key = tuple[int, str, str | None, str | None, int | None]  # id, sha256, md5, pdq hex, quality
+
+
+def _blocks(chunks: Iterator[list[Key]], size: int, min_quality: int, stop: threading.Event | None) -> Iterator[
+        Rows]:
+    pending: list[Key] = []
+    for chunk in chunks:
+        if stop is not None and stop.is_set():
+            raise InterruptedError("stopping")
+        pending += chunk
+        if len(pending) >= size:
+            yield _rows(pending, min_quality)
+            pending = []
+    if pending:
+        yield _rows(pending, min_quality)
+
+
+def _rows(keys: list[Key], min_quality: int) -> Rows:
+    usable = [k for k in keys if k[3] and (k[4] or 0) >= min_quality]
+    codes = bytes.fromhex("".join(k[3] for k in usable))  # type: ignore[misc]
+    return Rows(np.array([k[0] for k in keys], np.int64), np.array([bytes.fromhex(k[1]) for k in keys], "S32"),
+                np.array([bytes.fromhex(k[2] or "") for k in keys], "S16"), np.array([bool(k[2]) for k in keys]),
+                np.frombuffer(codes, np.uint8).reshape(-1, BYTES), np.array([k[0] for k in usable], np.int64))
+
+
+def _matches(rows: Rows, added: Bank, banks: Banks) -> dict[int, tuple[Signal, int]]:
+    """Row id -> (signal, PDQ bits) for the rows of the block that match what the bank gained."""
+    found: dict[int, tuple[Signal, int]] = {}
+    if len(added.pdq) and len(rows.codes):
+        bits = _pdq_bits(rows.codes, added.pdq, banks.distance, banks.dihedral)
+        found.update((int(i), (Signal.PDQ, int(d))) for i, d in zip(rows.code_ids, bits, strict=True)
+                     if d <= banks.distance)
+    if len(added.md5):
+        found.update((int(i), (Signal.MD5, 0)) for i in rows.ids[rows.has_md5 & np.isin(rows.md5, added.md5)])
     if len(added.sha256):
-        shas = np.array([bytes.fromhex(k[2]) for k in chunk], "S32")
-        found.update((k, (Signal.SHA256, 0)) for k, hit in zip(chunk, np.isin(shas, added.sha256), strict=True) if hit)
-    with_md5 = [k for k in chunk if k[3] and k not in found]
-    if len(added.md5) and with_md5:
-        md5s = np.array([bytes.fromhex(k[3]) for k in with_md5], "S16")  # type: ignore[arg-type]
-        found.update((k, (Signal.MD5, 0)) for k, hit in zip(with_md5, np.isin(md5s, added.md5), strict=True) if hit)
-    usable = [k for k in chunk if k[4] and (k[5] or 0) >= banks.min_quality and k not in found]
-    if len(added.pdq) and usable:
-        import faiss
-
-        codes = np.frombuffer(bytes.fromhex("".join(k[4] for k in usable)), np.uint8).reshape(-1, BYTES)  # type: ignore[misc]
-        variants = turned(codes) if banks.dihedral else codes[:, None, :]
-        distances, _ = faiss.knn_hamming(np.ascontiguousarray(variants.reshape(-1, BYTES)), added.pdq, 1)
-        nearest = distances.reshape(len(usable), -1).min(axis=1)
-        found.update((k, (Signal.PDQ, int(d))) for k, d in zip(usable, nearest, strict=True) if d <= banks.distance)
+        found.update((int(i), (Signal.SHA256, 0)) for i in rows.ids[np.isin(rows.sha256, added.sha256)])
     return found
+
+
+def _pdq_bits(codes: np.ndarray, listed: np.ndarray, radius: int, dihedral: bool) -> np.ndarray:
+    """For each row hash, the distance to the nearest listed hash (or rotation or flip of one) if at most
+    `radius`, else a larger number. A block of many rows is searched through a multi-index (mih.py); a few,
+    by brute force."""
+    queries = turned(listed).reshape(-1, BYTES) if dihedral else listed
+    if len(codes) >= MULTI_INDEX_FROM and radius <= MAX_RADIUS:
+        _, hit, bits = MultiIndex(codes).within(queries, radius)
+        nearest = np.full(len(codes), BITS + 1, np.int64)
+        np.minimum.at(nearest, hit, bits)
+        return nearest
+    import faiss
+
+    distances, _ = faiss.knn_hamming(np.ascontiguousarray(codes), np.ascontiguousarray(queries), 1)
+    return distances[:, 0]
 
 
 class Snapshots:

@@ -166,9 +166,9 @@ class Store(ABC):
         the PDQ index."""
 
     @abstractmethod
-    def iter_bank_keys(self, chunk: int = 20_000) -> Iterator[list[tuple[int, str, str, str | None, str | None,
+    def iter_bank_keys(self, chunk: int = 20_000) -> Iterator[list[tuple[int, str, str | None, str | None,
                                                                          int | None]]]:
-        """This instance's rows not already prohibited, any model, as chunks of (id, path, sha256, md5, pdq hex,
+        """This instance's rows not already prohibited, any model, as chunks of (id, sha256, md5, pdq hex,
         quality): what a hash list is checked against (retro.py)."""
 
     @abstractmethod

@@ -116,18 +116,17 @@ class SQLStore(SQLBase):
             last = rows[-1][0]
             yield [(int(i), str(h), int(q)) for i, h, q in rows]
 
-    def iter_bank_keys(self, chunk: int = 20_000) -> Iterator[list[tuple[int, str, str, str | None, str | None,
+    def iter_bank_keys(self, chunk: int = 20_000) -> Iterator[list[tuple[int, str, str | None, str | None,
                                                                          int | None]]]:
         last, p = 0, self.PARAM
         while True:
-            rows = self._fetch(f"SELECT id, path, sha256, md5, pdq, pdq_quality FROM {self.t} WHERE id > {p} AND "
+            rows = self._fetch(f"SELECT id, sha256, md5, pdq, pdq_quality FROM {self.t} WHERE id > {p} AND "
                                f"instance = {p} AND status <> {p} ORDER BY id LIMIT {int(chunk)}",
                                [last, self.instance, Status.PROHIBITED])
             if not rows:
                 return
             last = rows[-1][0]
-            yield [(int(i), str(path), str(sha), md5, pdq, None if q is None else int(q))
-                   for i, path, sha, md5, pdq, q in rows]
+            yield [(int(i), str(sha), md5, pdq, None if q is None else int(q)) for i, sha, md5, pdq, q in rows]
 
     def iter_changes(self, since: datetime, model: str, page: int = PAGE, vectors: bool = True) -> Iterator[
             ChangePage]:
