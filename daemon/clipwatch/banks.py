@@ -189,6 +189,7 @@ class Banks:
         self.directory, self.distance, self.dihedral, self.min_quality = directory, distance, dihedral, min_quality
         self.metrics = metrics
         self._banks: dict[str, Bank] = {}
+        self._missing = False
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None) -> Banks:
@@ -206,8 +207,10 @@ class Banks:
         """Re-read the files that changed; forget the banks whose file is gone. Returns the banks (re)loaded."""
         if not self.directory:
             return []
-        if not os.path.isdir(self.directory):
-            log.warning("bank_dir_missing", directory=self.directory)
+        missing = not os.path.isdir(self.directory)
+        if missing and not self._missing:  # said once, not every round
+            log.error("bank_dir_missing", directory=self.directory, action="no hash list is matched until it exists")
+        self._missing = missing
         current, loaded = dict(self._banks), []
         files = {bank_name(p): p for p in bank_files(self.directory)}
         for name in [n for n in current if n not in files]:
