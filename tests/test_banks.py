@@ -19,11 +19,10 @@ import pytest
 import structlog
 from PIL import Image, ImageDraw, ImageFont
 
-from clipwatch import pdq
+from clipwatch import pdq, retro
 from clipwatch.answers import Answers
 from clipwatch.banks import Banks, read_bank
 from clipwatch.imaging import decode_image
-from clipwatch import retro
 from clipwatch.mih import MultiIndex
 from clipwatch.retro import BankKeeper, Snapshots, turned
 from clipwatch.store import SetVerdict, open_store
