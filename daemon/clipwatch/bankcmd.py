@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,15 +91,9 @@ def cmd_bank_add(config: Config, name: str, paths: list[str], as_json: bool) -> 
         print(f"clipwatch: {printable(str(path))}: cannot read it ({exc})", file=sys.stderr)
         return 1
     have = {line.split("#", 1)[0].split()[-1].lower() for line in lines if line.split("#", 1)[0].split()}
-    failed = added = 0
-    for file in paths:
-        try:
-            data, hashes = _hashed(config, file)
-        except (OSError, FileRejected) as exc:
-            failed += 1
-            print(f"clipwatch: {printable(file)}: {exc.strerror if isinstance(exc, OSError) else exc}",
-                  file=sys.stderr)
-            continue
+    failed: list[str] = []
+    added = 0
+    for file, _, hashes in _each_hashed(config, paths, failed):
         new = [] if hashes.md5 in have else [f"md5 {hashes.md5}"]
         usable = hashes.pdq is not None and (hashes.pdq_quality or 0) >= config.duplicates.pdq_min_quality
         if usable and hashes.pdq_hex not in have:
@@ -120,28 +115,29 @@ def cmd_bank_add(config: Config, name: str, paths: list[str], as_json: bool) -> 
     return 1 if failed else 0
 
 
-def _hashed(config: Config, file: str) -> tuple[bytes, FileHashes]:
-    """A file's bytes and hashes, decoded as the daemon decodes it (the same hash as its row would hold)."""
-    with open(file, "rb") as f:
-        data = f.read()
-    image = decode_image(data, config.model.max_image_pixels, draft=DRAFT_SIDE)
-    return data, hashes_of(image, hashlib.md5(data).hexdigest())
+def _each_hashed(config: Config, paths: list[str], failed: list[str]) -> Iterator[tuple[str, bytes, FileHashes]]:
+    """Each file with its bytes and hashes, decoded as the daemon decodes it (the hash its row would hold); a
+    file that cannot be read or decoded is named on stderr, added to `failed` and skipped."""
+    for file in paths:
+        try:
+            with open(file, "rb") as f:
+                data = f.read()
+            image = decode_image(data, config.model.max_image_pixels, draft=DRAFT_SIDE)
+        except (OSError, FileRejected) as exc:
+            failed.append(file)
+            print(f"clipwatch: {printable(file)}: {exc.strerror if isinstance(exc, OSError) else exc}",
+                  file=sys.stderr)
+            continue
+        yield file, data, hashes_of(image, hashlib.md5(data).hexdigest())
 
 
 def cmd_bank_check(config: Config, paths: list[str], as_json: bool) -> int:
     """Which banks each file matches, and how: every bank (not only the nearest), as ingest would judge it."""
-    banks = Banks.from_config(config)
     _directory(config)
-    banks.refresh()
-    failed = matched = 0
-    for file in paths:
-        try:
-            data, hashes = _hashed(config, file)
-        except (OSError, FileRejected) as exc:
-            failed += 1
-            print(f"clipwatch: {printable(file)}: {exc.strerror if isinstance(exc, OSError) else exc}",
-                  file=sys.stderr)
-            continue
+    banks = _loaded(config)
+    failed: list[str] = []
+    matched = 0
+    for file, data, hashes in _each_hashed(config, paths, failed):
         found = every_match(banks, hashlib.sha256(data).hexdigest(), hashes)
         matched += bool(found)
         if as_json:
@@ -153,6 +149,12 @@ def cmd_bank_check(config: Config, paths: list[str], as_json: bool) -> int:
                              for m in found)
             print(f"{printable(file)}: {said or 'no bank matches'}")
     return 1 if failed else MATCHED if matched else 0
+
+
+def _loaded(config: Config) -> Banks:
+    banks = Banks.from_config(config)
+    banks.refresh()
+    return banks
 
 
 def every_match(banks: Banks, sha256: str, hashes: FileHashes) -> list[BankMatch]:
@@ -169,7 +171,6 @@ def bank_calibration(config: Config, decisions: list[DecisionRecord], store: Sto
     """`clipwatch calibrate --for bank`: the banks as they are now, the decided files' stored hashes."""
     from .calibration import bank_report
 
-    banks = Banks.from_config(config)
-    banks.refresh()
+    banks = _loaded(config)
     return bank_report(config, decisions, lambda shas: store.pdq_by_sha256(shas, config.duplicates.pdq_min_quality),
                        {b.name: b for b in banks.banks()})

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -309,9 +309,6 @@ class Banks:
                 distances, _ = faiss.knn_hamming(q, bank.pdq, 1)
                 np.minimum.at(out[:, b], where, distances[:, 0])
         return out
-
-    def __iter__(self) -> Iterator[Bank]:
-        return iter(self.banks())
 
 
 def _exact(bank: Bank, sha256: str, hashes: FileHashes | None) -> BankMatch | None:

@@ -68,9 +68,6 @@ class MultiIndex:
     def __len__(self) -> int:
         return len(self._words)
 
-    def nbytes(self) -> int:
-        return int(self._words.nbytes + sum(o.nbytes + f.nbytes for o, f in self._tables))
-
     def within(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (query row, indexed row, distance) at most `radius` bits apart, each pair once."""
         if not 0 <= radius <= MAX_RADIUS:

@@ -189,7 +189,6 @@ class BankKeeper:
         self.banks, self.snapshots, self.open_store, self.decisions = banks, snapshots, open_store, decisions
         self.interval_s, self.metrics = interval_s, metrics
         self._checked: dict[str, tuple[int, int, int]] = {}  # bank -> signature its rows were checked against
-        self.rounds = 0  # rounds finished (tests wait for one)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -211,7 +210,6 @@ class BankKeeper:
             log.warning("bank_check_failed", error=str(exc), action="tried again at the next refresh")
         except Exception:
             log.exception("bank_refresh_failed")
-        self.rounds += 1
 
     def _check(self, bank: Bank, stop: threading.Event | None) -> None:
         before = self.snapshots.load(bank.name)
