@@ -125,6 +125,17 @@ def test_a_decompression_bomb_is_refused_before_its_pixels_exist():
     assert info.value.reason == "too_many_pixels"
 
 
+def test_a_small_limit_does_not_become_the_whole_process_limit():
+    # The daemon's limit is its own: a caller with a small one must not stop other code (the review pages,
+    # a library) from opening an image Pillow itself allows.
+    decode_image(encoded(Image.new("RGB", (8, 8)), "PNG"), max_pixels=100)
+    big = encoded(Image.new("RGB", (2000, 1000)), "PNG")
+    assert Image.open(io.BytesIO(big)).size == (2000, 1000)
+    with pytest.raises(FileRejected) as info:
+        decode_image(big, max_pixels=100)
+    assert info.value.reason == "too_many_pixels"
+
+
 @pytest.mark.parametrize(("data", "reason"), [
     (b"just some text, named .jpg", "not_an_image"),
     (encoded(Image.fromarray(np.zeros((64, 64, 3), np.uint8)), "JPEG")[:200], "decode_error"),

@@ -32,9 +32,11 @@ def decode_image(data: bytes, max_pixels: int, draft: int = 0) -> Image.Image:
     that declares 50,000 x 50,000 pixels is refused without using the memory. With `draft`, a JPEG is
     decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps both sides at least `draft` pixels.
     """
-    # Pillow refuses (DecompressionBombError) above twice its limit, also for frames it meets on seek;
-    # set so that it refuses above ours. Its warning between 1x and 2x is ignored: we check ourselves.
-    Image.MAX_IMAGE_PIXELS = max(max_pixels // 2, 1)
+    # Pillow refuses (DecompressionBombError) above twice its process-wide limit, also for frames it meets on
+    # seek; raise that limit where ours is larger, never lower it (other code in the process opens images
+    # too). Our own limit is _check_pixels's job, before any pixel is decoded; Pillow's warning is ignored.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS * 2 < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
     try:
         img: Image.Image = Image.open(io.BytesIO(data))
         _check_pixels(img, max_pixels)
