@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, commands
+from . import __version__, commands, daemoncalls
 from .config import Config
 from .config_loader import load_config
 from .errors import ClipwatchError, ConfigError
@@ -201,7 +201,7 @@ def _dispatch(config: Config, args: argparse.Namespace) -> int:
         "compare": lambda: commands.cmd_compare(config, args.a, args.b, args.metric),
         "hash": lambda: commands.cmd_hash(config, args.files, args.json),
         "import": lambda: commands.cmd_import(config, args.file),
-        "health": lambda: commands.cmd_health(config),
+        "health": lambda: daemoncalls.cmd_health(config),
         "verdicts": lambda: commands.cmd_verdicts(config, args.status, args.json, args.limit),
         "dismiss": lambda: commands.cmd_decide(config, args.ids, args.decision, args.by),
         "confirm": lambda: commands.cmd_decide(config, args.ids, args.decision, args.by),

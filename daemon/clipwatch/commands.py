@@ -28,9 +28,11 @@ log = get_logger("clipwatch")
 
 
 def cmd_run(config: Config) -> int:
+    from .instance import daemon_lock
     from .service import Service
 
-    return Service.opened(config, handle_signals=True, serving=True).run()
+    with daemon_lock(config.data_dir):  # one daemon per data directory (and so per instance name)
+        return Service.opened(config, handle_signals=True, serving=True).run()
 
 
 def cmd_scan(config: Config) -> int:
@@ -75,6 +77,7 @@ def _progress(counts: ScanCounts, metrics: Metrics) -> None:
 def cmd_search(config: Config, args: argparse.Namespace) -> int:
     import base64
 
+    from .daemoncalls import ask_daemon
     from .files import read_file
     from .search import read_vector_argument, table
 
@@ -88,7 +91,7 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
         request["text"] = args.text
     else:
         request["image"] = base64.b64encode(read_file(args.image, config.watch.max_file_bytes).data).decode()
-    answer = None if args.local else _ask_daemon(config, request)
+    answer = None if args.local else ask_daemon(config, request)
     results = answer["results"] if answer else _search_locally(config, request)
     if args.json:
         for r in results:
@@ -96,75 +99,6 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
     else:
         print(table([(r["path"] or f"<row {r['id']} deleted meanwhile>", r["similarity"]) for r in results]))
     return 0
-
-
-def cmd_health(config: Config) -> int:
-    import urllib.error
-
-    url = _daemon_url(config, "/healthz")
-    if url is None:
-        raise ConfigError("metrics.listen: the health check needs the daemon's HTTP endpoint, which is disabled")
-    try:
-        with _open_daemon(config, url, None, timeout=10) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            print(f"unknown: {url} asks for a user (http.protect_metrics): check it with curl -u NAME")
-            return 1
-        body = json.loads(exc.read() or b"{}")
-        print(f"unhealthy: {'; '.join(body.get('problems', [])) or exc.reason}")
-        return 1
-    except (OSError, ValueError) as exc:
-        print(f"unhealthy: no daemon answers at {url} ({exc})")
-        return 1
-    print(f"ok: queue {body.get('queue_depth')}, index {body.get('index_size')} vectors")
-    return 0
-
-
-def _daemon_url(config: Config, path: str) -> str | None:
-    from .config import metrics_address
-
-    address = metrics_address(config)
-    if address is None or address[1] == 0:
-        return None
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address[0], address[0])
-    scheme = "https" if config.http.tls_cert else "http"
-    return f"{scheme}://[{host}]:{address[1]}{path}" if ":" in host else f"{scheme}://{host}:{address[1]}{path}"
-
-
-def _open_daemon(config: Config, url: str, body: bytes | None, timeout: float) -> Any:
-    """urlopen of the daemon's endpoint; over TLS, its certificate is trusted as its own authority (a
-    self-signed one works when it names the host of metrics.listen)."""
-    import ssl
-    import urllib.request
-
-    context = ssl.create_default_context(cafile=config.http.tls_cert) if config.http.tls_cert else None
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    return urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout, context=context)
-
-
-def _ask_daemon(config: Config, request: dict[str, object]) -> dict[str, Any] | None:
-    """The running daemon's answer (its index and model are loaded), or None if no daemon of this store
-    and table answers at metrics.listen, or it asks for a user (http.users_file): then the search runs here."""
-    import urllib.error
-
-    url = _daemon_url(config, "/search")
-    if url is None:
-        return None
-    try:
-        with _open_daemon(config, url, json.dumps(request).encode(), timeout=30) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 400:
-            raise ClipwatchError(json.loads(exc.read()).get("error", "bad request")) from None
-        log.debug("daemon_refused_search", url=url, status=exc.code)
-        return None
-    except (OSError, ValueError):
-        return None  # no daemon there: search locally
-    if answer.get("table") != config.store.table or answer.get("store") != config.store_url.redacted():
-        return None  # a daemon of another store or table
-    log.debug("searched_by_daemon", url=url)
-    return answer
 
 
 def _search_locally(config: Config, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -288,20 +222,24 @@ def cmd_db_status(config: Config, as_json: bool) -> int:
 
     store = open_store(config)
     try:
-        st = store.status()
+        st, instances = store.status(), store.instances()
     finally:
         store.close()
     if as_json:
         print(json.dumps({"backend": st.backend, "location": st.location, "table": st.table,
-                          "dimension": st.dimension,
-                          "rows": [{"status": s, "model": m, "count": n} for s, m, n in st.counts]}))
+                          "dimension": st.dimension, "instance": store.instance,
+                          "rows": [{"status": s, "model": m, "count": n} for s, m, n in st.counts],
+                          "instances": [{"instance": i, "count": n} for i, n in sorted(instances.items())]}))
         return 0
     print(f"store:     {st.location} ({st.backend})")
     print(f"table:     {st.table}" + ("" if st.dimension else " (does not exist yet: run `clipwatch db init`)"))
     print(f"dimension: {st.dimension or '-'}")
+    print(f"instance:  {store.instance}")
     print(f"rows:      {sum(n for *_, n in st.counts)}")
     for s, m, n in st.counts:
         print(f"  {n:>10}  status={s}  model={m}")
+    for i, n in sorted(instances.items()):
+        print(f"  {n:>10}  instance={i}" + ("  (this one)" if i == store.instance else ""))
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -177,6 +176,8 @@ def _validate(config: Config) -> Config:
     if not IDENTIFIER.match(s.table):
         raise ConfigError(f"store.table: expected a plain SQL identifier (letters, digits, _; at most 64), "
                           f"got {s.table!r}")
+    if len(s.instance) > 255 or "\n" in s.instance:
+        raise ConfigError(f"store.instance: expected a name of at most 255 characters on one line, got {s.instance!r}")
     if not m.name:
         raise ConfigError("model.name: expected a model id (e.g. clip-ViT-B-32) or a local directory")
     parse_listen(config.metrics.listen)
@@ -221,7 +222,7 @@ def _validate(config: Config) -> Config:
     return dataclasses.replace(
         config,
         watch=dataclasses.replace(w, paths=paths, extensions=exts, publish_dir=publish),
-        store=dataclasses.replace(s, instance=s.instance or socket.gethostname()),
+        store=s,
         daemon=dataclasses.replace(d, data_dir=data_dir),
         quarantine=QuarantineConfig(dir=quarantine),
         prohibited=dataclasses.replace(config.prohibited, reference_dir=reference_dir, bank_dir=bank_dir),

@@ -36,7 +36,7 @@ def import_file(service: Service, source: str | TextIO) -> ImportSummary:
         batch: list[Entry] = []
         for line in read_import_lines(stream, service.embedder.dimension):
             summary.lines += 1
-            entry = (_entry(line, service.embedder.identity, service.config.store.instance)
+            entry = (_entry(line, service.embedder.identity, service.worker.store.instance)
                      if isinstance(line, ImportLine) else line)
             if isinstance(entry, BadLine):
                 summary.bad += 1

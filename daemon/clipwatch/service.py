@@ -44,6 +44,7 @@ from .sync import IndexSync, open_index
 from .vocab import ChangeKind, Source
 from .watcher import Watcher
 from .web import WebServer, serve
+from .web.access import write_health_token
 from .web.review import Desk
 from .web.thumbs import Thumbnails
 from .worker import Worker
@@ -137,14 +138,14 @@ class Service:
             self._api_store = open_store(self.config)
             desk = Desk(self._api_store, self._api_lock, Thumbnails(
                 self.config.data_dir / "thumbnails", self.config.roots, self.config.quarantine.dir,
-                self.config.model.max_image_pixels, self.config.watch.max_file_bytes, self.config.store.instance,
+                self.config.model.max_image_pixels, self.config.watch.max_file_bytes, self._api_store.instance,
                 self.config.prohibited.reference_dir),
                 Actions(self._api_store, self.paths, self.config.quarantine.dir, self._rejudge), self.config,
                 self.references)
             answers = Answers(self.config, self.embedder, self.index, self._api_store, self._api_lock, references,
                               self.decisions, self.copies)
             self._http = serve(self.config.http, *address, self.metrics, answers.search, self.health, desk,
-                               answers.check)
+                               answers.check, write_health_token(self.config.data_dir))
 
     def _warn_foreign_rows(self) -> None:
         foreign = sum(n for _, model, n in self.store.status().counts  # type: ignore[union-attr,misc]
@@ -183,7 +184,7 @@ class Service:
         for t in threads:
             t.start()
         log.info("running", roots=list(self.config.watch.paths), publish_dir=self.gate.publish_dir or None,
-                 store=self.store.location() if self.store else "")
+                 store=self.store.location() if self.store else "", instance=self.store.instance if self.store else "")
         self.stop_event.wait()
         self.notifier.stopping()
         log.info("stopping", timeout_s=self.config.daemon.shutdown_timeout_s)

@@ -3,6 +3,7 @@ embedded default)."""
 
 from __future__ import annotations
 
+from .. import instance
 from ..config import Config
 from .base import PAGE, Store
 from .records import (
@@ -33,7 +34,19 @@ from .records import (
 
 
 def open_store(config: Config) -> Store:
-    """Connect to the configured store (no schema work: see `Store.init_schema`). Raises StoreError."""
+    """Connect to the configured store (no schema work: see `Store.init_schema`), as this instance: store.instance,
+    else the name kept in the data directory (instance.py). Raises StoreError, or ConfigError for the name."""
+    store = _connect(config)
+    if not store.instance:
+        try:
+            store.instance = instance.settle(config.data_dir, store)
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def _connect(config: Config) -> Store:
     url = config.store_url
     if url.scheme == "sqlite":
         from .sqlite import SQLiteStore

@@ -67,6 +67,10 @@ class Store(ABC):
         """The tables beside the main one (tombstones, decisions, moves journal); idempotent."""
 
     @abstractmethod
+    def instances(self) -> dict[str, int]:
+        """Rows per instance name, every instance sharing the table ({} before the table exists)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def reconnect(self) -> None:  # noqa: B027 - a store with nothing to re-open keeps this

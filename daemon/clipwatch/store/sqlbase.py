@@ -106,6 +106,11 @@ class SQLBase(Store):
             cur.execute(sql, tuple(params))
             return list(cur.fetchall()) if cur.description else []
 
+    def instances(self) -> dict[str, int]:
+        if self.table_dimension() is None:
+            return {}
+        return {str(i): int(n) for i, n in self._fetch(f"SELECT instance, COUNT(*) FROM {self.t} GROUP BY instance")}
+
     def _marks(self, n: int) -> str:
         return ", ".join([self.PARAM] * n)
 

@@ -25,11 +25,12 @@ log = get_logger(__name__)
 
 
 def serve(http: HTTPConfig, host: str, port: int, metrics: Metrics, search: SearchHandler | None,
-          health: HealthHandler | None, desk: Desk | None = None, check: CheckHandler | None = None) -> WebServer:
+          health: HealthHandler | None, desk: Desk | None = None, check: CheckHandler | None = None,
+          health_token: str = "") -> WebServer:
     """Start the endpoint at metrics.listen; warn when review and search are off or nobody can log in."""
     loopback = is_loopback(host)
-    server = WebServer(build_app(WebContext(http, metrics, loopback, search, health, desk, check)), host, port,
-                       http.tls_cert, http.tls_key)
+    app = build_app(WebContext(http, metrics, loopback, search, health, desk, check, health_token))
+    server = WebServer(app, host, port, http.tls_cert, http.tls_key)
     log.info("http_listening", address=f"{host}:{server.port}", tls=server.tls,
              review=bool(http.users_file) or loopback, users_file=http.users_file or None)
     if not http.users_file and not loopback:

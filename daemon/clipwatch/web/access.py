@@ -1,6 +1,9 @@
 """Who may reach what: the gate in front of every route but /metrics and /healthz.
 
-- `/metrics` and `/healthz` are open (the Prometheus convention) unless `http.protect_metrics`.
+- `/metrics` and `/healthz` are open (the Prometheus convention) unless `http.protect_metrics`. Then
+  `/healthz` also takes the daemon's own health token (`Authorization: Bearer`, from
+  `<data_dir>/health.token`, new at every start, readable by the daemon's user only): `clipwatch health`
+  (a container's HEALTHCHECK) needs no user of the review pages.
 - Everything else needs a user from `http.users_file`: a session (the login page) or HTTP basic auth
   (scripts, `curl -u`). With no users file it answers only on a loopback `metrics.listen`, to anyone on
   this host; on any other address it is off (404, and a warning at start names the key).
@@ -14,8 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import ipaddress
+import os
+import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -30,6 +37,8 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 OPEN = ("/metrics", "/healthz")
 PUBLIC = ("/login", "/static/")  # the login page and what it needs
+HEALTH = "/healthz"
+HEALTH_TOKEN_FILE = "health.token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 SAME_SITE = ("same-origin", "none")  # `none`: typed in the address bar or a bookmark
 # On every answer: no framing (one-click actions must not be clickjacked), scripts and styles from this
@@ -49,13 +58,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def write_health_token(data_dir: Path) -> str:
+    """A new token for /healthz in `<data_dir>/health.token` (owner-only, replaced atomically)."""
+    token = secrets.token_urlsafe(32)
+    path = data_dir / HEALTH_TOKEN_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def read_health_token(data_dir: Path) -> str:
+    """The running daemon's health token, or "" (no daemon started here yet, or not readable by this user)."""
+    try:
+        return (data_dir / HEALTH_TOKEN_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 class Access:
     """ASGI middleware; sets scope["user"] to the user's name ("" for the loopback-only mode)."""
 
     def __init__(self, app: ASGIApp, users: Users | None, loopback: bool, protect_metrics: bool,
-                 metrics: Metrics, throttle: LoginThrottle) -> None:
+                 metrics: Metrics, throttle: LoginThrottle, health_token: str = "") -> None:
         self.app, self.users, self.loopback, self.protect_metrics = app, users, loopback, protect_metrics
-        self.metrics, self.throttle = metrics, throttle
+        self.metrics, self.throttle, self.health_token = metrics, throttle, health_token
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -77,7 +107,7 @@ class Access:
         if method not in SAFE_METHODS and _cross_site(headers):
             await self._refuse(Refusal.CROSS_SITE, 403, "cross-site request refused", scope, receive, send)
             return
-        if (path in OPEN and not self.protect_metrics) or path.startswith(PUBLIC):
+        if (path in OPEN and not self.protect_metrics) or path.startswith(PUBLIC) or self._health_token(path, headers):
             await self.app(scope, receive, send)
             return
         if self.users is None:
@@ -98,6 +128,11 @@ class Access:
             return
         scope["user"] = user
         await self.app(scope, receive, send)
+
+    def _health_token(self, path: str, headers: dict[str, str]) -> bool:
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        return (path == HEALTH and bool(self.health_token) and scheme.lower() == "bearer"
+                and hmac.compare_digest(given.strip().encode(), self.health_token.encode()))
 
     async def _user(self, scope: Scope, headers: dict[str, str]) -> str | None:
         assert self.users is not None

@@ -55,6 +55,7 @@ class WebContext:
     health: HealthHandler | None = None
     desk: Desk | None = None  # the review pages, when the daemon has a store for them
     check: CheckHandler | None = None
+    health_token: str = ""  # also lets /healthz in under http.protect_metrics (access.py)
 
 
 def build_app(ctx: WebContext) -> Starlette:
@@ -105,7 +106,7 @@ def build_app(ctx: WebContext) -> Starlette:
         Middleware(SessionMiddleware, secret_key=secrets.token_urlsafe(32), session_cookie="clipwatch_session",
                    max_age=SESSION_MAX_AGE_S, same_site="strict", https_only=bool(ctx.http.tls_cert)),
         Middleware(Access, users=users, loopback=ctx.loopback, protect_metrics=ctx.http.protect_metrics,
-                   metrics=ctx.metrics, throttle=throttle),
+                   metrics=ctx.metrics, throttle=throttle, health_token=ctx.health_token),
     ]
     return Starlette(routes=routes, middleware=middleware)
 
