@@ -55,6 +55,9 @@ def test_clipwatch_config_variable_names_the_file(tmp_path: Path):
     ("[store]\non_delete = 'archive'\n", {}, "store.on_delete: expected one of 'delete', 'keep'"),
     ("[metrics]\nlisten = 'everywhere'\n", {}, "metrics.listen: expected HOST:PORT"),
     ("[model\n", {}, "not valid TOML"),
+    ("", {"CLIPWATCH_WATCH__PATH": "/srv"}, "CLIPWATCH_WATCH__PATH: no key watch.path; known keys: extensions"),
+    ("", {"CLIPWATCH_STOR__URL": "mysql://u@h:1/d"}, "CLIPWATCH_STOR__URL: no section 'stor'"),
+    ("", {"CLIPWATCH_STORE__INSTANCE": "x" * 256}, "store.instance: expected a name of at most 255 characters"),
 ])
 def test_invalid_values_are_refused_naming_the_key(tmp_path: Path, toml: str, env: dict[str, str], message: str):
     file = tmp_path / "c.toml"

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from clipwatch.config_loader import load_config
 from conftest import Daemon, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +120,22 @@ def test_the_dockerfile_passes_hadolint():
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'HEALTHCHECK' in dockerfile and '"clipwatch", "health"' in dockerfile
-    assert re.search(r"^USER \d+$", dockerfile, re.MULTILINE) and 'ENTRYPOINT ["clipwatch"]' in dockerfile
+    assert re.search(r"^USER \d+(:\d+)?$", dockerfile, re.MULTILINE) and 'ENTRYPOINT ["clipwatch"]' in dockerfile
+
+
+def test_the_compose_example_is_a_configuration_the_daemon_accepts(tmp_path: Path):
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    service = compose["services"]["clipwatch"]
+    env = {k: str(v) for k, v in service["environment"].items()}
+    config = load_config(None, env=env)  # every key exists, every value validates
+    assert config.store_url.scheme == "mysql" and config.store_url.host == "db" and config.watch.publish_dir
+    secrets = {s: f"/run/secrets/{s}" for s in service["secrets"]}
+    assert set(secrets) <= set(compose["secrets"])
+    assert {env["CLIPWATCH_STORE__PASSWORD_FILE"], env["CLIPWATCH_HTTP__USERS_FILE"]} <= set(secrets.values())
+    assert "CLIPWATCH_STORE__INSTANCE" not in env, "the instance name is kept in /data, not tied to the container"
+    targets = {volume.split(":")[1] for volume in service["volumes"]}
+    assert {"/data", "/models", config.watch.publish_dir, *config.watch.paths} <= targets
+    assert service["depends_on"]["db"]["condition"] == "service_healthy"
 
 
 def test_the_grafana_dashboard_imports_and_queries_only_real_metrics():

@@ -73,9 +73,25 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     unknown = set(data) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}] in {path}; known: {', '.join(SECTIONS)}")
+    _known_env(env)
     sections = {name: _build_section(name, cls, data.get(name, {}), env) for name, cls in SECTIONS.items()}
     config = Config(**sections, source=str(path or ""))
     return _validate(config)
+
+
+def _known_env(env: Mapping[str, str]) -> None:
+    """A CLIPWATCH_<SECTION>__<KEY> variable that names no key is a typo (in a unit or a compose file), not
+    something to ignore."""
+    for var in env:
+        section, sep, key = var.removeprefix(ENV_PREFIX).partition("__")
+        if not var.startswith(ENV_PREFIX) or not sep:
+            continue
+        cls = SECTIONS.get(section.lower())
+        if cls is None:
+            raise ConfigError(f"{var}: no section {section.lower()!r}; known: {', '.join(SECTIONS)}")
+        if key.lower() not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"{var}: no key {section.lower()}.{key.lower()}; known keys: "
+                              f"{', '.join(sorted(f.name for f in dataclasses.fields(cls)))}")
 
 
 def _build_section(name: str, cls: type, raw: Any, env: Mapping[str, str]) -> Any:
