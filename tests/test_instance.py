@@ -69,6 +69,20 @@ def test_an_installation_from_before_keeps_the_host_names_rows(make_harness, pho
     assert all_verdicts(renamed.store) == before
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_an_sqlite_store_from_an_earlier_container_keeps_its_rows(make_harness, photos: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    host(monkeypatch, "5d41402abc4b")
+    old = make_harness(store__instance="5d41402abc4b")  # an earlier image: the container's id as its name
+    put_photos(photos, old.root)
+    old.service.scan()
+    host(monkeypatch, "7d793037a076")  # the upgrade: a new container, the same /data
+    upgraded = make_harness(store__instance="")
+    upgraded.service.scan()
+    assert upgraded.store.instance == "5d41402abc4b" and upgraded.embedder.calls == []
+    assert {v.status for v in all_verdicts(upgraded.store).values()} == {"ok"}
+
+
 def test_a_broken_name_file_stops_the_start_with_the_fix(make_harness, tmp_path: Path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / NAME_FILE).write_text("\n")

@@ -8,6 +8,8 @@ flag each as a copy of its own earlier row. So unless `store.instance` is set, t
 
 - the host name, where the store already holds rows of that name and the data directory has none yet
   (an installation from before this file existed keeps its rows);
+- the one instance an SQLite store holds rows of (an SQLite file is this server's own: a container of an
+  earlier version, whose name was its id, keeps its rows at the upgrade);
 - otherwise `<host name>-<8 hex digits>`: readable, and unique among the servers sharing a table even
   where host names repeat.
 
@@ -48,11 +50,15 @@ def settle(data_dir: Path, store: Store) -> str:
         return name
     host = socket.gethostname()
     rows = store.instances()
-    name = host if rows.get(host) else f"{host}-{secrets.token_hex(4)}"
+    if rows.get(host):
+        name, why = host, "the store holds rows of this host's name"
+    elif store.backend == "sqlite" and len(rows) == 1:
+        name, why = next(iter(rows)), "the only instance in this server's SQLite store"
+    else:
+        name, why = f"{host}-{secrets.token_hex(4)}", "a new installation"
     written = _create(path, name)
     if written == name:
-        log.info("instance_named", instance=name, file=str(path),
-                 why="the store holds rows of this host's name" if name == host else "a new installation",
+        log.info("instance_named", instance=name, file=str(path), why=why,
                  other_instances=sorted(i for i in rows if i != name)[:20])
     return written
 
