@@ -33,7 +33,7 @@ ARG PIP_CERT
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md /src/
 COPY daemon /src/daemon
-RUN pip install --no-cache-dir /src
+RUN pip install --no-cache-dir "/src[openvino]"
 
 FROM ${BASE}
 COPY --from=build /opt/clipwatch /opt/clipwatch

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipwatch import precision
+from clipwatch import ovmodel, precision
 from clipwatch.embedder import Embedder
 from conftest import write_image
 
@@ -89,7 +89,8 @@ def test_the_machine_key_names_the_cpu_flags_torch_and_model():
 
     assert torch.__version__ in key and key.endswith("|clip-ViT-B-32|cpu||2")
     quantized = {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines)
-    assert precision.supported("cpu") == ["fp32", "bf16", *(["int8"] if quantized else [])]
+    assert precision.supported("cpu") == ["fp32", "bf16", *(["int8"] if quantized else []),
+                                          *([] if ovmodel.available() else ["openvino-int8"])]
 
 
 def test_texts_stay_in_fp32_when_a_probe_text_disagrees_in_bf16(model_dir: Path, monkeypatch: pytest.MonkeyPatch):
@@ -108,8 +109,8 @@ def test_texts_stay_in_fp32_when_a_probe_text_disagrees_in_bf16(model_dir: Path,
 def test_the_running_precision_is_exported(make_harness):  # type: ignore[no-untyped-def]
     h = make_harness()
     values = {p: h.metrics.registry.get_sample_value("clipwatch_model_precision", {"precision": p})
-              for p in ("fp32", "bf16", "int8", "fp16")}
-    assert values == {"fp32": 1.0, "bf16": 0.0, "int8": 0.0, "fp16": 0.0}
+              for p in ("fp32", "bf16", "int8", "fp16", "openvino-int8")}
+    assert values == {"fp32": 1.0, "bf16": 0.0, "int8": 0.0, "fp16": 0.0, "openvino-int8": 0.0}
 
 
 def test_int8_converts_the_vision_tower_only_and_the_chosen_copy_replaces_the_fp32_model(model_dir: Path):
@@ -136,3 +137,78 @@ def test_a_precision_the_probe_finds_fastest_is_chosen_whatever_its_kind(model_d
 
         monkeypatch.setattr(Embedder, "_forward_pixels", slow_others)
         assert load(model_dir, "auto", tmp_path / f"{fastest}.json").precision == fastest
+
+
+# --- openvino-int8 (ovmodel.py) -------------------------------------------------------------------------------
+# The tiny random CLIP is not CLIP: its int8 vectors disagree with fp32 (cosine ~0.87 on the shipped photos),
+# so it shows the refusal as it is; the tests of the choice by speed lower the agreement threshold for it,
+# and say so.
+
+def events(out: str, name: str) -> list[str]:
+    return [line for line in out.splitlines() if name in line]
+
+
+def test_openvino_int8_is_converted_once_and_refused_where_it_disagrees_on_real_photos(
+        model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert not ovmodel.available(), "the openvino extra is installed by scripts/bootstrap"
+    e = load(model_dir, "openvino-int8", tmp_path / "precision.json")
+    assert e.precision == "fp32" and e._tower is None
+    out = capsys.readouterr().out
+    refused = events(out, "model_precision_unavailable")
+    assert refused and "disagree with fp32 on real photos" in refused[0], out
+    assert len(events(out, "openvino_converted")) == 1
+    assert list((tmp_path / "openvino").glob("*/vision-int8.xml")), "the conversion is kept"
+    load(model_dir, "openvino-int8", tmp_path / "precision.json")
+    assert events(capsys.readouterr().out, "openvino_converted") == [], "a later start loads the kept conversion"
+
+
+def test_without_openvino_auto_chooses_among_torchs_precisions_and_says_why(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setattr(ovmodel, "available", lambda: "openvino is not installed (pip install clipwatch[openvino])")
+    e = load(model_dir, "auto", tmp_path / "precision.json")
+    assert e.precision in ("fp32", "bf16", "int8")
+    assert "openvino is not installed" in "".join(events(capsys.readouterr().out, "model_precision_unavailable"))
+    assert load(model_dir, "openvino-int8").precision == "fp32"
+
+
+@pytest.fixture
+def agreeing_tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny random model's int8 error says nothing about CLIP's (0.996 measured on ViT-B/32): accept it."""
+    monkeypatch.setattr(ovmodel, "AGREEMENT_MIN", 0.5)
+    monkeypatch.setitem(precision.AGREEMENT_MIN, "openvino-int8", 0.5)
+
+
+def slowed(monkeypatch: pytest.MonkeyPatch, fast: str) -> None:
+    """Every precision but `fast` costs half a second more per call (a CPU where `fast` wins)."""
+    real = Embedder._forward_pixels
+
+    def slow_others(self: Embedder, batch: np.ndarray, wanted: str | None = None) -> np.ndarray:
+        if (wanted or self.precision) != fast:
+            time.sleep(0.5)
+        return real(self, batch, wanted)
+
+    monkeypatch.setattr(Embedder, "_forward_pixels", slow_others)
+
+
+@pytest.mark.usefixtures("agreeing_tiny_model")
+def test_auto_takes_openvino_int8_where_it_measures_fastest_and_a_later_start_loads_it(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    slowed(monkeypatch, "openvino-int8")
+    cache = tmp_path / "precision.json"
+    e = load(model_dir, "auto", cache)
+    assert e.precision == "openvino-int8" and e.text_precision == "fp32"
+    pixels = np.stack([e.preprocessing.pixels(img) for img in ovmodel.photos("agreement")])  # type: ignore[union-attr]
+    assert np.array_equal(e.embed_images(list(pixels)), e._tower(pixels)), "images go through the int8 tower"
+    capsys.readouterr()
+    again = load(model_dir, "auto", cache)
+    out = capsys.readouterr().out
+    assert again.precision == "openvino-int8" and again._tower is not None
+    assert events(out, "openvino_converted") == [] and again.choice["figures"] == {"cached": True}
+
+
+@pytest.mark.usefixtures("agreeing_tiny_model")
+def test_auto_keeps_todays_choice_where_openvino_measures_slower(model_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    slowed(monkeypatch, "fp32")
+    e = load(model_dir, "auto", tmp_path / "precision.json")
+    assert e.precision == "fp32" and e._tower is None

@@ -53,7 +53,8 @@ class ModelConfig:
     decode_workers: int = 0
     cache_dir: str = ""
     max_image_pixels: int = 64_000_000
-    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = "auto"  # auto: measured at load (precision.py)
+    # auto: measured at load (precision.py)
+    precision: Literal["auto", "fp32", "bf16", "int8", "fp16", "openvino-int8"] = "auto"
 
 
 @dataclass(frozen=True)

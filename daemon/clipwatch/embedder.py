@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from . import precision
+from . import ovmodel, precision
 from .errors import ModelLoadError
 from .imaging import Preprocessing, decode_image
 from .logs import get_logger
@@ -99,6 +100,7 @@ class Embedder:
         self._features: dict[str, Any] = {}  # what the model's preprocess() gives for one image, minus pixels
         self._model: Any = None  # a SentenceTransformer, once loaded (after the choice: in its precision)
         self._variants: dict[str, Any] = {}  # while probing: CPU copies of the model in bf16 / int8
+        self._tower: Any = None  # openvino-int8: the compiled vision tower (ovmodel.py), beside the fp32 model
         self._lock = threading.Lock()  # the worker, the reference refresh and searches share one model
         self.precision_setting = precision  # "auto", "fp32", "bf16" or "fp16"
         self.precision = "fp32"  # what runs, once loaded
@@ -129,7 +131,7 @@ class Embedder:
             if os.path.isdir(self.name):
                 self._model = SentenceTransformer(self.name, **options)
             else:
-                self._model = self._load_from_hub(SentenceTransformer, options)
+                self._model = _load_from_hub(self.name, SentenceTransformer, options)
         except ModelLoadError:
             raise
         except Exception as exc:  # the library raises many types: OSError, HTTP errors, ValueError...
@@ -183,11 +185,15 @@ class Embedder:
         finally:  # the chosen copy replaces the fp32 model (its text tower is fp32); the others are dropped
             chosen = self._variants.pop(self.precision, None)
             self._variants.clear()
+            if self.precision != ovmodel.PRECISION:
+                self._tower = None
         chose_s, started = time.perf_counter() - started, time.perf_counter()
         if chosen is not None:
             self._model = chosen
         elif self.precision in ("bf16", "int8") and not self.device.startswith("cuda"):  # chosen from the cache
-            self._model = converted(self._model, self.precision, in_place=True)
+            self._model = precision.converted(self._model, self.precision, in_place=True)
+        elif self.precision == ovmodel.PRECISION and self._tower is None:  # chosen from the cache: load it
+            self._openvino()
         self.choice = {"seconds": round(chose_s, 3), "converted_s": round(time.perf_counter() - started, 3),
                        "figures": figures or None}
         log.info("model_precision_chosen", precision=self.precision, texts=self.text_precision,
@@ -237,24 +243,6 @@ class Embedder:
             img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
         return img
 
-    def _load_from_hub(self, loader: Any, options: dict[str, Any]) -> Any:
-        """The cached copy if there is one; else download, after checking that the hub answers at all
-        (without a network the hub client retries for over a minute before it gives up)."""
-        try:
-            return loader(self.name, local_files_only=True, **options)
-        except Exception:
-            pass
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            raise ModelLoadError(f"model.name = {self.name!r} is not a local directory and is not in the model "
-                                 "cache, and HF_HUB_OFFLINE is set. " + HOW_TO_FIX)
-        endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-        try:
-            socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=10).close()
-        except OSError as exc:
-            raise ModelLoadError(f"model.name = {self.name!r} is not a local directory and is not cached, and the "
-                                 f"model hub {endpoint.hostname} cannot be reached ({exc}). " + HOW_TO_FIX) from None
-        return loader(self.name, **options)
-
     def embed_images(self, images: Sequence[Prepared]) -> np.ndarray:
         """One forward pass for the whole list (PIL images, or arrays from `prepare`); returns an
         (n, dimension) float32 array of unit vectors."""
@@ -265,30 +253,36 @@ class Embedder:
         prep = self.preprocessing
         return self._forward_pixels(np.stack([prep.pixels(i) if isinstance(i, Image.Image) else i for i in images]))
 
-    def _autocast(self, wanted: str, texts: bool = False) -> Any:
-        """Autocast where the precision needs it: bf16 and fp16 on CUDA (untested here: no GPU), and bf16
-        texts on the CPU (the text tower keeps fp32 weights). CPU images need none: their copy converts."""
-        import torch
-
-        if self.device.startswith("cuda") and wanted in ("bf16", "fp16"):
-            return torch.autocast("cuda", dtype=torch.bfloat16 if wanted == "bf16" else torch.float16)
-        if wanted == "bf16" and texts:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _model_for(self, wanted: str) -> Any:
         """The model to run `wanted` in: while probing on the CPU, a converted copy (built once); else the
         model (after the choice, the chosen copy: its text tower is fp32, so texts run in it too)."""
         if self.device.startswith("cuda") or wanted == "fp32" or self.precision == wanted:
             return self._model
         if wanted not in self._variants:
-            self._variants[wanted] = converted(self._model, wanted)
+            self._variants[wanted] = precision.converted(self._model, wanted)
         return self._variants[wanted]
+
+    def _openvino(self) -> Any:
+        """The int8 OpenVINO tower (ovmodel.py), built or loaded once; raises where it cannot run or disagrees."""
+        if self._tower is None:
+            if self.preprocessing is None or self.device != "cpu":
+                raise ValueError("openvino-int8 needs the CPU and the fast preprocessing path")
+            base = Path(self.choice_cache).parent if self.choice_cache else Path(tempfile.gettempdir()) / "clipwatch"
+            self._tower, self.choice["openvino"] = ovmodel.build(
+                precision.clip_module(self._model), self.preprocessing, self.identity, base / "openvino",
+                lambda batch: self._forward_pixels(batch, "fp32"))
+        return self._tower
 
     def _forward_pixels(self, batch: np.ndarray, wanted: str | None = None) -> np.ndarray:
         """The model's own forward on an (n, 3, H, W) float32 batch of our preprocessed pixels, in the
         chosen precision (or `wanted`, while it is being chosen)."""
         import torch
+
+        if (wanted or self.precision) == ovmodel.PRECISION:
+            tower = self._openvino()
+            with self._lock:
+                vectors: np.ndarray = tower(batch)
+            return vectors
 
         features = {k: (v * len(batch) if isinstance(v, list) and len(v) == 1 else v)
                     for k, v in self._features.items()}
@@ -307,13 +301,13 @@ class Embedder:
         import torch
 
         wanted = wanted or self.precision
-        with self._lock, torch.inference_mode(), self._autocast(wanted):
+        with self._lock, torch.inference_mode(), _autocast(self.device, wanted):
             model = self._model_for(wanted)
             for k, v in features.items():
                 if isinstance(v, torch.Tensor):
                     if self.device.startswith("cuda"):  # untested here (no GPU): see docs/benchmarks.md
                         v = (v.pin_memory() if k == "pixel_values" else v).to(self.device, non_blocking=True)
-                    features[k] = v.to(_input_dtype(model)) if k == "pixel_values" else v
+                    features[k] = v.to(precision.input_dtype(model)) if k == "pixel_values" else v
             out = model.forward(features)["sentence_embedding"]
             out = torch.nn.functional.normalize(out.float(), dim=-1)
         return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
@@ -328,55 +322,41 @@ class Embedder:
 
         if self._model is None:
             raise RuntimeError("Embedder.load() was not called")
-        with self._lock, torch.inference_mode(), self._autocast(wanted, texts=True):
+        with self._lock, torch.inference_mode(), _autocast(self.device, wanted, texts=True):
             vectors = self._model.encode(texts, batch_size=max(len(texts), 1), convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def _clip_module(model: Any) -> Any:
-    """The module holding the vision tower (transformers' CLIPModel inside the SentenceTransformer)."""
-    found = next((m for m in model.modules() if hasattr(m, "vision_model")), None)
-    if found is None:
-        raise ValueError("the model has no vision_model to convert")
-    return found
-
-
-def _input_dtype(model: Any) -> Any:
-    """The dtype the vision tower takes its pixels in (bf16 for a bf16 copy; else float32)."""
-    import torch
-
+def _load_from_hub(name: str, loader: Any, options: dict[str, Any]) -> Any:
+    """The cached copy if there is one; else download, after checking that the hub answers at all
+    (without a network the hub client retries for over a minute before it gives up)."""
     try:
-        return next(_clip_module(model).vision_model.parameters()).dtype
-    except (ValueError, StopIteration):
-        return torch.float32
+        return loader(name, local_files_only=True, **options)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelLoadError(f"model.name = {name!r} is not a local directory and is not in the model "
+                             "cache, and HF_HUB_OFFLINE is set. " + HOW_TO_FIX)
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname or "", endpoint.port or 443), timeout=10).close()
+    except OSError as exc:
+        raise ModelLoadError(f"model.name = {name!r} is not a local directory and is not cached, and the "
+                             f"model hub {endpoint.hostname} cannot be reached ({exc}). " + HOW_TO_FIX) from None
+    return loader(name, **options)
 
 
-def converted(model: Any, how: str, in_place: bool = False) -> Any:
-    """A copy of the model (or the model itself, `in_place`) whose vision tower runs in bf16 weights (with
-    its projection), or in int8 (torch's dynamic quantization of the vision transformer's linear layers:
-    int8 weights, activations quantized per batch; the small projection stays fp32). The text tower stays
-    fp32. Raises if there is no vision tower."""
-    import copy
-    import warnings
-
+def _autocast(device: str, wanted: str, texts: bool = False) -> Any:
+    """Autocast where the precision needs it: bf16 and fp16 on CUDA (untested here: no GPU), and bf16
+    texts on the CPU (the text tower keeps fp32 weights). CPU images need none: their copy converts."""
     import torch
 
-    root = model if in_place else copy.deepcopy(model)
-    clip = _clip_module(root)
-    tower = {name for name in ("vision_model", "visual_projection") if getattr(clip, name, None) is not None}
-    if how == "bf16":
-        for name in tower:
-            getattr(clip, name).to(torch.bfloat16)
-    elif how == "int8":
-        with warnings.catch_warnings():  # torch deprecates eager-mode quantization for torchao: docs/benchmarks.md
-            warnings.simplefilter("ignore")
-            # by type on the vision transformer itself: the same spec by module names ran 30% slower here
-            torch.ao.quantization.quantize_dynamic(clip.vision_model, {torch.nn.Linear}, dtype=torch.qint8,
-                                                   inplace=True)  # type: ignore[no-untyped-call]
-    else:
-        raise ValueError(f"no converted copy for {how!r}")
-    return root
+    if device.startswith("cuda") and wanted in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if wanted == "bf16" else torch.float16)
+    if wanted == "bf16" and texts:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _probe_image(seed: int) -> Image.Image:

@@ -89,8 +89,8 @@ class Metrics:
         self.decode_workers = Gauge("clipwatch_decode_workers", "Files read and decoded at once (model.decode_workers, "
                                     "or at 0 sized from the measured model and decode costs)", registry=r)
         self.precision = Gauge("clipwatch_model_precision", "1 for the precision the model runs in (fp32, bf16, int8, "
-                               "fp16; model.precision = auto measures which is fastest at start)", ["precision"],
-                               registry=r)
+                               "fp16, openvino-int8; model.precision = auto measures which is fastest at start)",
+                               ["precision"], registry=r)
         self.searches = Histogram("clipwatch_search_duration_seconds", "Time to answer POST /search",
                                   buckets=SECONDS_BUCKETS, registry=r)
         self.published = Counter("clipwatch_files_published_total",
@@ -125,7 +125,7 @@ class Metrics:
             self.errors.labels(stage, reason)
 
     def running_precision(self, running: str) -> None:
-        for name in ("fp32", "bf16", "int8", "fp16"):
+        for name in ("fp32", "bf16", "int8", "fp16", "openvino-int8"):
             self.precision.labels(name).set(1 if name == running else 0)
 
     def error(self, stage: Stage, reason: Reason) -> None:
