@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
+from clipwatch.cli import main
 from conftest import run_cli, write_image
 
 
@@ -28,28 +31,49 @@ def env(tmp_path: Path, model_dir: Path, store_url: str, table: str) -> dict[str
     }
 
 
-def test_scan_ingests_once_and_reports_a_summary(env: dict[str, str], tmp_path: Path):
+@pytest.fixture
+def run_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """`clipwatch ...` as run_cli runs it, but in this process: the same main(), arguments, environment,
+    exit code and output, without starting Python and importing torch again (seconds per call, most of
+    this file's time). The tests of what a process does at exit (`run`) keep run_cli."""
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            capsys.readouterr()
+            try:
+                code = main(list(args))
+                out, err = capsys.readouterr()
+            finally:
+                structlog.reset_defaults()  # main pointed structlog at pytest's capture
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
+
+
+def test_scan_ingests_once_and_reports_a_summary(run_here, env: dict[str, str], tmp_path: Path):
     root = tmp_path / "watched"
     for i in range(3):
         write_image(root / f"{i}.jpg", seed=i)
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (root / ".hidden.jpg").write_bytes(b"ignored")
     (root / "notes.txt").write_text("not an image type")
-    first = run_cli("scan", env=env)
+    first = run_here("scan", env=env)
     assert first.returncode == 0, first.stderr
     assert "4 image files, 4 new or changed, 0 gone; embedded 3, unchanged 0, deleted 0, failed 1" in first.stdout
     (root / "0.jpg").unlink()
-    second = run_cli("scan", env=env)
+    second = run_here("scan", env=env)
     assert "3 image files, 1 new or changed, 1 gone; embedded 0, unchanged 0, deleted 1, failed 1" in second.stdout
 
-    status = run_cli("db", "status", "--json", env=env)
+    status = run_here("db", "status", "--json", env=env)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["dimension"] == 512
     assert report["rows"] == [{"status": "ok", "model": "tiny-clip", "count": 2}]
 
 
-def test_scan_stores_files_stamped_in_the_future_and_accounts_for_every_file(env: dict[str, str], tmp_path: Path):
+def test_scan_stores_files_stamped_in_the_future_and_accounts_for_every_file(run_here, env: dict[str, str],
+                                                                            tmp_path: Path):
     # A camera with a wrong clock, `cp -p` from an archive, a share with clock skew: mtimes ahead of now.
     root = tmp_path / "watched"
     ahead = time.time() + 86_400
@@ -57,24 +81,25 @@ def test_scan_stores_files_stamped_in_the_future_and_accounts_for_every_file(env
         os.utime(write_image(root / f"from-the-future-{i}.jpg", seed=i), (ahead, ahead))
     write_image(root / "just-written.jpg", seed=9)  # modified a moment ago: a one-shot scan takes it as it is
     (root / "broken.jpg").write_bytes(b"not an image")
-    result = run_cli("scan", env=env)
+    result = run_here("scan", env=env)
     assert result.returncode == 0, result.stderr
     assert "5 image files, 5 new or changed, 0 gone; embedded 4, unchanged 0, deleted 0, failed 1" in result.stdout
-    status = json.loads(run_cli("db", "status", "--json", env=env).stdout)
+    status = json.loads(run_here("db", "status", "--json", env=env).stdout)
     assert status["rows"] == [{"status": "ok", "model": "tiny-clip", "count": 4}]
 
 
-def test_db_init_creates_the_table_without_loading_the_model(env: dict[str, str]):
+def test_db_init_creates_the_table_without_loading_the_model(run_here, env: dict[str, str]):
     env = {**env, "CLIPWATCH_MODEL__NAME": "/no/model/needed/here"}
-    created = run_cli("db", "init", "--dimension", "512", env=env)
+    created = run_here("db", "init", "--dimension", "512", env=env)
     assert created.returncode == 0, created.stderr
     search = "the database's vector index" if env["CLIPWATCH_STORE__URL"].startswith("mariadb") else "in memory"
     assert f"created (vectors of dimension 512; similarity search: {search})" in created.stdout
-    again = run_cli("db", "init", "--dimension", "768", env=env)
+    again = run_here("db", "init", "--dimension", "768", env=env)
     assert again.returncode == 1
     assert "holds 512-dimensional vectors" in again.stderr
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # the model fails, whatever the store
 def test_a_model_that_cannot_load_exits_non_zero_with_one_clear_message(env: dict[str, str]):
     result = run_cli("run", env={**env, "CLIPWATCH_MODEL__NAME": "/opt/models/missing-clip"})
     assert result.returncode == 1
@@ -83,6 +108,7 @@ def test_a_model_that_cannot_load_exits_non_zero_with_one_clear_message(env: dic
     assert "there is no such directory. Point model.name (or CLIPWATCH_MODEL__NAME) at the directory" in message
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # the model fails, whatever the store
 def test_a_hub_id_without_network_or_cache_fails_fast_and_says_so(env: dict[str, str], tmp_path: Path):
     # HF_HUB_OFFLINE is what an operator sets on an offline host; this machine has no hub either way.
     result = run_cli("run", env={**env, "CLIPWATCH_MODEL__NAME": "clip-ViT-B-32", "HF_HUB_OFFLINE": "1",
@@ -172,7 +198,7 @@ def test_the_documented_least_privilege_users_are_enough(store_url: str, env: di
         admin.close()
 
 
-def test_import_then_search_by_vector_ranks_by_cosine_like_numpy(env: dict[str, str], tmp_path: Path):
+def test_import_then_search_by_vector_ranks_by_cosine_like_numpy(run_here, env: dict[str, str], tmp_path: Path):
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((40, 512))
     lines = [json.dumps({"path": f"/external/img {i}.jpg", "embedding": v.tolist()}) for i, v in enumerate(vectors)]
@@ -181,8 +207,8 @@ def test_import_then_search_by_vector_ranks_by_cosine_like_numpy(env: dict[str, 
     lines.append(json.dumps({"path": "/external/nan.jpg", "embedding": [float("nan")] * 512}))
     source = tmp_path / "vectors.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    run_cli("db", "init", "--dimension", "512", env=env)
-    imported = run_cli("import", str(source), env=env)
+    run_here("db", "init", "--dimension", "512", env=env)
+    imported = run_here("import", str(source), env=env)
     assert imported.returncode == 1  # some lines were bad; the rest are in
     assert "import: 43 lines, 40 imported" in imported.stdout and "3 bad" in imported.stdout
     assert "line 6: \"embedding\": has 3 dimensions, the table holds 512" in imported.stderr
@@ -190,7 +216,7 @@ def test_import_then_search_by_vector_ranks_by_cosine_like_numpy(env: dict[str, 
     assert "line 43: \"embedding\": contains NaN or infinity" in imported.stderr
 
     query = rng.standard_normal(512)
-    found = run_cli("search", "--vector", json.dumps(query.tolist()), "--top", "7", "--json", env=env)
+    found = run_here("search", "--vector", json.dumps(query.tolist()), "--top", "7", "--json", env=env)
     assert found.returncode == 0, found.stderr
     results = [json.loads(line) for line in found.stdout.splitlines()]
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -200,23 +226,28 @@ def test_import_then_search_by_vector_ranks_by_cosine_like_numpy(env: dict[str, 
     assert np.allclose([r["similarity"] for r in results], expected[best], atol=1e-4)
 
 
-def test_search_prints_a_table_best_first_and_compare_matches_numpy(env: dict[str, str], tmp_path: Path):
+def test_search_prints_a_table_best_first(run_here, env: dict[str, str], tmp_path: Path):
     root = tmp_path / "watched"
     for i in range(3):
         write_image(root / f"t{i}.jpg", seed=i)
-    assert run_cli("scan", env=env).returncode == 0
-    found = run_cli("search", str(root / "t1.jpg"), "--top", "2", env=env)
+    assert run_here("scan", env=env).returncode == 0
+    found = run_here("search", str(root / "t1.jpg"), "--top", "2", env=env)
     assert found.returncode == 0, found.stderr
     lines = found.stdout.splitlines()
     assert lines[0].startswith("+-") and "| path" in lines[1] and "similarity |" in lines[1]
     assert lines[3].startswith(f"| {root / 't1.jpg'} ") and lines[3].endswith("|     1.0000 |")
     assert len(lines) == 6  # rule, header, rule, 2 rows, rule
 
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # compare never reads the store
+def test_compare_matches_numpy(run_here, env: dict[str, str], tmp_path: Path):
+    root = tmp_path / "watched"
+    write_image(root / "t0.jpg", seed=0)
     a, b = [0.3, -1.2, 2.0], [1.5, 0.2, -0.7]
     for metric, expected in (("cosine", np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)),
                              ("dot", np.dot(a, b)), ("euclidean", np.linalg.norm(np.subtract(a, b)))):
-        out = run_cli("compare", json.dumps(a), json.dumps(b), "--metric", metric, env=env)
+        out = run_here("compare", json.dumps(a), json.dumps(b), "--metric", metric, env=env)
         assert out.returncode == 0, out.stderr
         assert abs(float(out.stdout) - expected) < 1e-5
-    same = run_cli("compare", str(root / "t0.jpg"), str(root / "t0.jpg"), env=env)
+    same = run_here("compare", str(root / "t0.jpg"), str(root / "t0.jpg"), env=env)
     assert abs(float(same.stdout) - 1.0) < 1e-5
