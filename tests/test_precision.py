@@ -165,8 +165,10 @@ def test_openvino_int8_is_converted_once_and_refused_where_it_disagrees_on_real_
     assert refused and "disagree with fp32 on real photos" in refused[0], out
     assert len(events(out, "openvino_converted")) == 1
     assert list((tmp_path / "openvino").glob("*/vision-int8.xml")), "the conversion is kept"
-    load(model_dir, "openvino-int8", tmp_path / "precision.json")
-    assert events(capsys.readouterr().out, "openvino_converted") == [], "a later start loads the kept conversion"
+    assert load(model_dir, "openvino-int8", tmp_path / "precision.json").precision == "fp32"
+    out = capsys.readouterr().out
+    assert events(out, "openvino_converted") == [], "a later start does not convert again"
+    assert "checked at its conversion" in "".join(events(out, "model_precision_unavailable")), out
 
 
 def test_without_openvino_auto_chooses_among_torchs_precisions_and_says_why(

@@ -195,7 +195,7 @@ class Embedder:
         elif self.precision == ovmodel.PRECISION and self._tower is None:  # chosen from the cache: load it
             self._openvino()
         self.choice = {"seconds": round(chose_s, 3), "converted_s": round(time.perf_counter() - started, 3),
-                       "figures": figures or None}
+                       "figures": figures or None, **{k: v for k, v in self.choice.items() if k == "openvino"}}
         log.info("model_precision_chosen", precision=self.precision, texts=self.text_precision,
                  setting=self.precision_setting, **self.choice)
 

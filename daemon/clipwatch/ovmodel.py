@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import sys
 import time
@@ -147,12 +148,29 @@ def build(clip: Any, prep: Preprocessing, identity: str, cache: Path,
 
     from .precision import machine_key
 
-    key = cache_key(identity, prep.crop, machine_key("", "cpu", 0))
-    tower, converted_s = load_or_convert(clip, prep.crop, prep.pixels, cache / key, torch.get_num_threads())
-    cosine = agreement(tower, fp32, prep.pixels)
+    folder = cache / cache_key(identity, prep.crop, machine_key("", "cpu", 0))
+    checked = folder / "agreement.json"  # the check's result: the conversion is the same for the same key
+    known = _read_json(checked)
+    if "cosine_min" in known and known["cosine_min"] < AGREEMENT_MIN:
+        raise ValueError(f"its vectors disagree with fp32 on real photos (cosine {known['cosine_min']:.4f} < "
+                         f"{AGREEMENT_MIN}, checked at its conversion)")
+    tower, converted_s = load_or_convert(clip, prep.crop, prep.pixels, folder, torch.get_num_threads())
+    cosine = known["cosine_min"] if converted_s == 0 and "cosine_min" in known else agreement(tower, fp32, prep.pixels)
+    try:
+        checked.write_text(json.dumps({"cosine_min": cosine}))
+    except OSError as exc:
+        log.warning("openvino_check_not_kept", path=str(checked), error=str(exc))
     if cosine < AGREEMENT_MIN:
         raise ValueError(f"its vectors disagree with fp32 on real photos (cosine {cosine:.4f} < {AGREEMENT_MIN})")
     return tower, {"converted_s": round(converted_s, 1), "cosine_min": round(cosine, 6)}
+
+
+def _read_json(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+        return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def agreement(tower: Tower, fp32: Callable[[np.ndarray], np.ndarray],
