@@ -81,8 +81,16 @@ def test_the_database_answers_what_the_memory_index_answers(store_url: str, make
         near /= np.linalg.norm(near, axis=1, keepdims=True)
         exclude = {int(ids[42])}  # as the judge excludes the rows its batch rewrites
         got, expected = database.search_many(near, 3, exclude), memory.search_many(near, 3, exclude)
-        assert [[i for i, _ in hits] for hits in got] == [[i for i, _ in hits] for hits in expected]
-        assert np.allclose([s for hits in got for _, s in hits], [s for hits in expected for _, s in hits], atol=1e-5)
+        # The nearest row is the exact one; the rows after it (unrelated, at cosine ~0.1) are the approximate
+        # index's and may differ from exact search's, but each carries its exact score, best first (MariaDB's
+        # own order is sometimes not: store/mariadb.py).
+        assert [hits[0][0] for hits in got] == [hits[0][0] for hits in expected]
+        assert [hits[0][1] for hits in got] == pytest.approx([hits[0][1] for hits in expected], abs=1e-5)
+        position = {int(row_id): n for n, row_id in enumerate(ids)}
+        for query, hits in zip(near, got, strict=True):
+            assert len(hits) == 3 and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+            exact = [float(vectors[position[i]] @ query) for i, _ in hits]
+            assert [s for _, s in hits] == pytest.approx(exact, abs=1e-5)
         assert got[0][0][0] == ids[0]  # not the other model's row with the same vector
         assert all(int(ids[7]) not in [i for i, _ in hits] for hits in got)  # deleted: gone with its transaction
         assert database.search(vectors[5], 1) == [(int(ids[5]), pytest.approx(1.0, abs=1e-6))]
