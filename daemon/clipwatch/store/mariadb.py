@@ -71,8 +71,8 @@ class MariaDBStore(MySQLStore):
         # `index`, key embedding_hnsw) is walked in order of its own, approximate distance and the model
         # filter applied as it goes; the distances returned are exact, on the stored vectors. That walk's
         # order is not always the exact one: measured on 11.8, the exact copy sometimes comes third behind
-        # two unrelated rows (docs/benchmarks.md). So the LIMIT asks for more rows than
-        # wanted (room for the rows to exclude, and as many again, at least 10) and they are sorted here.
+        # two unrelated rows (docs/benchmarks.md). So the LIMIT asks for more rows than wanted (room for the
+        # rows to exclude, then k more, at least 10) and they are sorted here by their exact distance.
         fetch = int(k) + len(exclude) + max(int(k), 10)
         sql = (f"SELECT id, VEC_DISTANCE_COSINE(embedding, _binary %s) AS d FROM {self.t} WHERE model = %s "
                f"ORDER BY d LIMIT {fetch}")
