@@ -134,7 +134,7 @@ def drop_mysql_table(name: str, url: str = MYSQL_URL) -> None:
     store = MySQLStore(parse_store_url(url), "", name, "test")
     try:
         store._fetch(f"DROP TABLE IF EXISTS `{name}`, `{name}_deleted`, `{name}_decisions`, `{name}_moves`, "
-                     f"`{name}_actions`")
+                     f"`{name}_actions`, `{name}_instances`")
     finally:
         store.close()
 

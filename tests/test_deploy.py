@@ -74,7 +74,8 @@ def test_systemd_analyze_security_rates_the_units_ok(unit_root: Path, unit: str)
 def test_units_use_notify_the_watchdog_and_a_credential():
     unit = (ROOT / "systemd" / "clipwatch.service").read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "LoadCredential=db-password:",
-                 "CLIPWATCH_STORE__PASSWORD_FILE=%d/db-password", "ProtectSystem=strict", "DynamicUser=yes"):
+                 "CLIPWATCH_STORE__PASSWORD_FILE=%d/db-password", "ProtectSystem=strict", "User=clipwatch",
+                 "RestartPreventExitStatus=2"):
         assert line in unit, line
     stop = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))  # type: ignore[union-attr]
     assert stop > 10  # longer than daemon.shutdown_timeout_s's default

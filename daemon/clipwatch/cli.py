@@ -11,6 +11,7 @@ from .config import Config
 from .config_loader import load_config
 from .errors import ClipwatchError, ConfigError
 from .logs import configure_logging
+from .owner import become_owner
 from .vocab import Decision, Status
 
 DESCRIPTION = """\
@@ -184,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         configure_logging(config.log.format, config.log.level, sys.stdout if args.command == "run" else sys.stderr)
+        if args.command != "user":  # every other command uses the data directory: as its owner (owner.py)
+            config = become_owner(config)
         return _dispatch(config, args)
     except ConfigError as exc:
         print(f"clipwatch: configuration error: {exc}", file=sys.stderr)

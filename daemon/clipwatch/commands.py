@@ -32,7 +32,7 @@ def cmd_run(config: Config) -> int:
     from .service import Service
 
     with daemon_lock(config.data_dir):  # one daemon per data directory (and so per instance name)
-        return Service.opened(config, handle_signals=True, serving=True).run()
+        return Service.opened(config, handle_signals=True, serving=True, claiming=True).run()
 
 
 def cmd_scan(config: Config) -> int:

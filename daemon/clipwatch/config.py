@@ -262,9 +262,8 @@ def metrics_address(config: Config) -> tuple[str, int] | None:
 
 
 def default_data_dir() -> str:
-    """systemd's $STATE_DIRECTORY, else $XDG_DATA_HOME/clipwatch, else ~/.local/share/clipwatch."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    """$XDG_DATA_HOME/clipwatch, else ~/.local/share/clipwatch: a personal setup's. A server's configuration
+    names its data directory (config_loader refuses to start a systemd service whose file does not)."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "clipwatch")
 

@@ -74,9 +74,24 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if unknown:
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}] in {path}; known: {', '.join(SECTIONS)}")
     _known_env(env)
+    _data_dir_named(data.get("daemon", {}), env, path)
     sections = {name: _build_section(name, cls, data.get(name, {}), env) for name, cls in SECTIONS.items()}
     config = Config(**sections, source=str(path or ""))
     return _validate(config)
+
+
+def _data_dir_named(daemon: Mapping[str, Any], env: Mapping[str, str], path: object) -> None:
+    """Under systemd the configuration file must name the data directory: the service's $STATE_DIRECTORY is
+    invisible to a shell, and a command that found another data directory would act as a new instance
+    (docs/operations.md "One server, one identity")."""
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if not state or (isinstance(daemon, Mapping) and daemon.get("data_dir")):
+        return
+    where = f"the configuration file {path}" if path else "a configuration file (--config)"
+    raise ConfigError(f"daemon.data_dir: name it in {where}, e.g.\n[daemon]\ndata_dir = \"{state}\"\nso that "
+                      f"every clipwatch command on this server (scan, verdicts, db status...) finds the service's "
+                      f"data directory and acts as its instance; $STATE_DIRECTORY ({state}) is seen by the "
+                      "service only")
 
 
 def _known_env(env: Mapping[str, str]) -> None:

@@ -20,9 +20,10 @@ What a verdict compares, and what it never does:
   The action is `duplicates.actions[signal]`, else `duplicates.action`. `pdq_distance` is recorded
   whenever both files have a usable hash, whichever signal decided.
 - A file is never compared with itself: not with its own row (`Entry.own_id`), not with an earlier
-  version of itself, not with any row the batch rewrites or deletes (`Evidence.excluded`), and not with
+  version of itself, not with any row the batch rewrites or deletes (`Evidence.excluded`), not with
   a row that is itself a duplicate of this file's earlier version (which would make two copies point at
-  each other with no original).
+  each other with no original), and not with a row of the same path held by another instance of this
+  host (`Evidence.same_file`: the same file under another instance name, whatever the names say).
 - A pair a person dismissed (`clipwatch dismiss`) is skipped; the next best match may still flag the file.
 - Entries are judged in the order given (the planner's: oldest first), so among copies judged together
   the oldest is the original. An entry that will be rejected (moved away without a row) is no candidate
@@ -73,6 +74,7 @@ class Evidence:
     same_bytes: Mapping[str, Sequence[SameBytes]] = field(default_factory=dict)
     excluded: frozenset[int] = frozenset()  # rows rewritten or deleted by the batch
     copies_of: Mapping[int, frozenset[int]] = field(default_factory=dict)  # row -> rows that are duplicates of it
+    same_file: Mapping[str, frozenset[int]] = field(default_factory=dict)  # path -> this host's other rows of it
 
 
 ShasOf = Callable[[Sequence[int]], Mapping[int, str]]
@@ -108,7 +110,8 @@ class Judge:
         earlier: list[int] = []  # positions (in `judged`) of entries judged so far that will have a row
         for n, j in enumerate(judged):
             entry = entries[j]
-            skip = evidence.copies_of.get(entry.own_id, frozenset()) if entry.own_id is not None else frozenset()
+            skip = evidence.same_file.get(entry.path, frozenset()) | (
+                evidence.copies_of.get(entry.own_id, frozenset()) if entry.own_id is not None else frozenset())
             stored = [(i, s) for i, s in candidates[n] if i not in skip]
             copied = [(i, bits) for i, bits in copies[n] if i not in skip]
             verdict = self._prohibited(entry, vectors[n], banked[n], stored) or self._verdict(
@@ -124,7 +127,8 @@ class Judge:
         """The nearest stored row of each entry; the CANDIDATES nearest where the nearest may not count."""
         found = self.index.search_many(vectors, 1, evidence.excluded)
         closer = [n for n, e in enumerate(entries)
-                  if (e.own_id is not None and e.own_id in evidence.copies_of) or self.decisions.involves(e.sha256)]
+                  if (e.own_id is not None and e.own_id in evidence.copies_of) or self.decisions.involves(e.sha256)
+                  or e.path in evidence.same_file]
         if closer:
             for n, hits in zip(closer, self.index.search_many(vectors[closer], CANDIDATES, evidence.excluded),
                                strict=True):

@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from types import FrameType
 from typing import Any
 
-from . import pdqindex, quarantine
+from . import instance, pdqindex, quarantine
 from .actions import Actions
 from .answers import Answers
 from .banks import Banks
@@ -75,35 +76,33 @@ class Service:
         self._http: WebServer | None = None
         self._api_store: Store | None = None  # the HTTP threads' own connection, used under _api_lock
         self._api_lock = threading.Lock()
+        self._claimed = False  # this daemon holds its instance's claim (renewed by the index sync)
 
     # --- start-up ---------------------------------------------------------------------------------
 
     @classmethod
     def opened(cls, config: Config, watching: bool = True, handle_signals: bool = False,
-               serving: bool = False) -> Service:
+               serving: bool = False, claiming: bool = False) -> Service:
         """A service with its store connected and model loaded; nothing left open if that fails.
-        `handle_signals`: SIGTERM/SIGINT during start-up already mean a clean stop (exit 0 once started)."""
+        `handle_signals`: SIGTERM/SIGINT during start-up already mean a clean stop (exit 0 once started).
+        `claiming`: the daemon's: claim the instance name in the registry (instance.claim)."""
         service = cls(config)
         if handle_signals:
             service._install_signal_handlers()
         try:
-            service.open(watching, serving)
+            service.open(watching, serving, claiming)
         except BaseException:
             service.close()
             raise
         return service
 
-    def open(self, watching: bool = True, serving: bool = True) -> None:
+    def open(self, watching: bool = True, serving: bool = True, claiming: bool = False) -> None:
         """Check the roots (`watching`: not for `clipwatch import`), connect to the store, load the model,
         create the table if missing, finish the file moves a crash interrupted, load the similarity index,
         the decisions and the prohibited references. `serving`: also serve the HTTP endpoint at
         metrics.listen (the daemon does; `clipwatch scan` must not take the port of a daemon running beside it)."""
-        for root in self.config.roots if watching else ():  # the publish directory, if any, comes last
-            if not os.path.isdir(root):
-                key = "watch.publish_dir" if root == self.gate.publish_dir else "watch.paths"
-                raise ConfigError(f"{key}: {root!r} is not an existing directory")
-        if watching and not self.config.watch.paths:
-            raise ConfigError("watch.paths: expected at least one directory to watch")
+        if watching:
+            _check_roots(self.config)
         self.store = open_store(self.config)
         self.metrics.store_up.set(1)
         self.notifier.extend_timeout(START_STEP_S)  # a first model download can take minutes
@@ -112,7 +111,10 @@ class Service:
             self.embedder.load()
         self.metrics.running_precision(self.embedder.precision)
         where, _ = init_schema(self.store, self.config.index, self.embedder.dimension, self.notifier)
-        self._warn_foreign_rows()
+        if claiming:  # before anything moves: another live daemon of this name refuses the start
+            instance.claim(self.store, self.config.data_dir)
+            self._claimed = True
+        _warn_foreign_rows(self.store, self.embedder.identity)
         quarantine.recover(self.store)  # before the index is loaded and before any scan sees the files
         self.decisions.refresh(self.store)
         started = time.monotonic()
@@ -147,24 +149,19 @@ class Service:
             self._http = serve(self.config.http, *address, self.metrics, answers.search, self.health, desk,
                                answers.check, write_health_token(self.config.data_dir))
 
-    def _warn_foreign_rows(self) -> None:
-        foreign = sum(n for _, model, n in self.store.status().counts  # type: ignore[union-attr,misc]
-                      if model != self.embedder.identity)
-        if foreign:
-            log.warning("rows_of_other_model", rows=foreign, model=self.embedder.identity,
-                        action="their files are re-embedded with the configured model as scans reach them")
-
     # --- modes --------------------------------------------------------------------------------------
 
     def run(self, handle_signals: bool = True) -> int:
         """The daemon: watch, scan, process until SIGTERM/SIGINT (or `stop_event`), rescanning every
-        watch.rescan_interval_s; then stop gracefully. Returns 0."""
+        watch.rescan_interval_s; then stop gracefully. Returns 0, or 2 when another daemon took this instance's
+        name over (sync.py)."""
         assert self.worker is not None and self.index is not None and self.references is not None
         # Only the daemon follows other instances: its own connection, opened here (not for scan or import).
         self.sync = IndexSync(open_store(self.config), self.index, self.embedder.identity, self._sync_from,
                               self.config.index.sync_interval_s, self.references,
                               self.config.prohibited.refresh_interval_s, self.metrics, self.store_health,
-                              self.decisions, copies=self.copies)
+                              self.decisions, copies=self.copies, on_lost=self.stop_event.set,
+                              beat=partial(instance.beat, data_dir=self.config.data_dir) if self._claimed else None)
         if handle_signals and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._install_signal_handlers()
         self.watcher = Watcher(self.config.watch, self.intake, self.paths, self.metrics, self.echoes)
@@ -193,9 +190,11 @@ class Service:
         threads[0].join(self.config.daemon.shutdown_timeout_s)
         if threads[0].is_alive():
             log.error("shutdown_timeout", action="abandoning the batch in hand; it is redone on the next start")
+        lost = self.sync.lost_claim
         self.close()
         log.info("stopped")
-        return 0
+        return 2 if lost else 0
+
 
     def _scan_loop(self) -> None:
         """The start-up scan, then a rescan every watch.rescan_interval_s, or sooner when the queue had to
@@ -304,3 +303,19 @@ class Service:
             if store is not None:
                 store.close()
         self.store = self.sync = self._api_store = None
+
+
+def _check_roots(config: Config) -> None:
+    for root in config.roots:  # the publish directory, if any, comes last
+        if not os.path.isdir(root):
+            key = "watch.publish_dir" if root == config.watch.publish_dir else "watch.paths"
+            raise ConfigError(f"{key}: {root!r} is not an existing directory")
+    if not config.watch.paths:
+        raise ConfigError("watch.paths: expected at least one directory to watch")
+
+
+def _warn_foreign_rows(store: Store, model: str) -> None:
+    foreign = sum(n for _, other, n in store.status().counts if other != model)
+    if foreign:
+        log.warning("rows_of_other_model", rows=foreign, model=model,
+                    action="their files are re-embedded with the configured model as scans reach them")

@@ -10,6 +10,11 @@ round re-reads the decisions table when it changed, and the prohibited reference
 With the search in the database (`index.where = "database"`, dbindex.py) there are no rows to follow: the
 round only re-reads the index's row count (every RECOUNT_S: `index_size`), the decisions and references.
 
+The daemon's sync also renews its claim on the instance name every `instance.BEAT_S` (`beat`). If the
+registry names another daemon now (this one was silent for longer than `instance.STALE_S` and another took
+the name over), it logs `instance_taken_over`, counts it and calls `on_lost`: the daemon stops (exit 2)
+rather than run as one instance twice.
+
 The thread survives any error: it logs it, counts it, reports it to `Health`, re-opens the connection and
 tries again next round. `/healthz` names a store it cannot reach, and a sync that has not succeeded for
 several intervals.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from .config import IndexConfig
@@ -27,6 +33,7 @@ from .decisions import Decisions
 from .errors import StoreError
 from .health import INDEX_SYNC, Health
 from .index import VectorIndex
+from .instance import BEAT_S
 from .logs import get_logger
 from .metrics import Metrics
 from .pdqindex import PerceptualIndex
@@ -66,7 +73,8 @@ def open_index(store: Store, config: IndexConfig, where: Where, model: str, dime
 class IndexSync:
     def __init__(self, store: Store, index: SimilarityIndex, model: str, since: datetime, interval_s: float,
                  references: References, refresh_s: float, metrics: Metrics, health: Health,
-                 decisions: Decisions, page: int = PAGE, copies: PerceptualIndex | None = None) -> None:
+                 decisions: Decisions, page: int = PAGE, copies: PerceptualIndex | None = None,
+                 beat: Callable[[Store], bool] | None = None, on_lost: Callable[[], None] | None = None) -> None:
         self.store, self.index, self.model, self.since = store, index, model, since
         self.copies = copies
         self.interval_s, self.references, self.refresh_s, self.metrics = interval_s, references, refresh_s, metrics
@@ -74,9 +82,12 @@ class IndexSync:
         self._next_refresh = time.monotonic() + refresh_s
         self._next_prune = time.monotonic()
         self._next_recount = time.monotonic() + RECOUNT_S  # `open_index` has just counted
+        self.beat, self.on_lost, self.lost_claim = beat, on_lost, False
+        self._next_beat = time.monotonic()
 
     def sync_once(self) -> int:
         """Apply one round of changes; returns how many rows changed in the index."""
+        self._renew_claim()
         until = self.store.now()
         changed = 0
         in_database = isinstance(self.index, DatabaseIndex)
@@ -100,6 +111,19 @@ class IndexSync:
             self.store.prune_tombstones(until - TOMBSTONES_KEPT)
             self._next_prune = time.monotonic() + 3600
         return changed
+
+    def _renew_claim(self) -> None:
+        if self.beat is None or self.lost_claim or time.monotonic() < self._next_beat:
+            return
+        if self.beat(self.store):
+            self._next_beat = time.monotonic() + BEAT_S
+            return
+        self.lost_claim = True
+        self.metrics.error(Stage.SYNC, Reason.INSTANCE_TAKEN)
+        log.error("instance_taken_over", instance=self.store.instance,
+                  action="stopping: another daemon runs as this instance now (clipwatch db status names it)")
+        if self.on_lost is not None:
+            self.on_lost()
 
     def run(self, stop: threading.Event) -> None:
         self.health.sync_started()

@@ -119,6 +119,7 @@ class Reason(StrEnum):
     INOTIFY_LIMIT = "inotify_limit"
     ROOT_MISSING = "root_missing"
     PUBLISH_NAME_TAKEN = "publish_name_taken"  # the file's name in watch.publish_dir holds another file
+    INSTANCE_TAKEN = "instance_taken"  # another daemon claimed this instance's name: this one stops (instance.py)
 
 
 class Deed(StrEnum):

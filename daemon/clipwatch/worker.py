@@ -37,6 +37,7 @@ from .embedder import Embedder
 from .errors import FileRejected
 from .files import PathFilter, name_problem
 from .health import Health
+from .instance import Peers
 from .intake import Intake
 from .judge import Evidence, Judge
 from .logs import get_logger
@@ -63,6 +64,7 @@ class Worker:
         self.committer = Committer(config, store, index, paths, intake, metrics, self.retry, embedder.identity,
                                    echoes, judge.copies)
         self.last_tick = time.monotonic()  # for health: the loop is alive
+        self.peers = Peers(store)  # this host's other instances: their rows of a path are that same file
 
     def close(self) -> None:
         self.batcher.close()
@@ -240,7 +242,10 @@ class Worker:
         copies_of: dict[int, set[int]] = {}
         for row in copies:
             copies_of.setdefault(row.match_id or 0, set()).add(row.id)
-        evidence = Evidence(same_bytes, plan.excluded, {k: frozenset(v) for k, v in copies_of.items()})
+        same_file = self._same_file(entries, stop)
+        if same_file is None:
+            return None
+        evidence = Evidence(same_bytes, plan.excluded, {k: frozenset(v) for k, v in copies_of.items()}, same_file)
         with self.metrics.stage_seconds.labels(Stage.CHECK).time():  # retried: the index may be the database's
             verdicts = self.retry(lambda: self.judge.judge(
                 entries, evidence, lambda ids: self.retry(lambda: self.store.shas_of(ids), stop) or {},
@@ -251,6 +256,14 @@ class Worker:
             if v.nearest is not None:
                 self.metrics.best_match.observe(v.nearest)
         return self.committer.commit(plan, entries, verdicts, failures, stop)
+
+    def _same_file(self, entries: list[Entry], stop: threading.Event | None) -> dict[str, frozenset[int]] | None:
+        """The rows other instances of this host hold for the entries' paths: the same files (judge.py)."""
+        peers = self.retry(self.peers.names, stop)
+        if peers is None or not peers:
+            return None if peers is None else {}
+        found = self.retry(lambda: self.store.rows_at([e.path for e in entries if e.on_disk], peers), stop)
+        return None if found is None else {p: frozenset(ids) for p, ids in found.items()}
 
     def _finished(self, committed: Committed, changes: int) -> None:
         self.metrics.last_commit.set_to_current_time()

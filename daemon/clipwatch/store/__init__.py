@@ -39,7 +39,7 @@ def open_store(config: Config) -> Store:
     store = _connect(config)
     if not store.instance:
         try:
-            store.instance = instance.settle(config.data_dir, store)
+            store.instance = instance.settle(config.data_dir, store, config.roots)
         except BaseException:
             store.close()
             raise

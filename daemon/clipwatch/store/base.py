@@ -11,7 +11,7 @@ caller as `StoreError`, and nothing else.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -27,6 +27,7 @@ from .records import (
     FlaggedRow,
     Op,
     PendingMove,
+    Registration,
     ReviewItem,
     ReviewQuery,
     SameBytes,
@@ -69,6 +70,30 @@ class Store(ABC):
     @abstractmethod
     def instances(self) -> dict[str, int]:
         """Rows per instance name, every instance sharing the table ({} before the table exists)."""
+
+    # --- the instance registry (registry.py; instance.py decides with it) ---------------------------
+
+    @abstractmethod
+    def registered(self) -> dict[str, Registration]:
+        """Every instance a daemon claimed: its host, data directory, pid and age."""
+
+    @abstractmethod
+    def claim(self, host: str, data_dir: str, pid: int, allow: Callable[[Registration], bool]) -> Registration | None:
+        """Claim this instance for this daemon; the standing registration when `allow` refuses to take it."""
+
+    @abstractmethod
+    def beat(self, host: str, data_dir: str, pid: int) -> bool:
+        """Renew the claim; False when another daemon holds it now."""
+
+    @abstractmethod
+    def instance_names(self) -> list[str]: ...
+
+    @abstractmethod
+    def holds_rows_under(self, instance: str, directory: str) -> bool: ...
+
+    @abstractmethod
+    def rows_at(self, paths: Sequence[str], instances: Sequence[str]) -> dict[str, list[int]]:
+        """Ids of the rows these instances hold for these paths, by path."""
 
     @abstractmethod
     def close(self) -> None: ...

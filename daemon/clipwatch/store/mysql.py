@@ -62,6 +62,13 @@ AUX_TABLES = {
         decided_at DATETIME(6) NOT NULL,
         KEY row_id (row_id),
         KEY undoes (undoes)""",
+    "instances": """
+        name VARCHAR(255) NOT NULL PRIMARY KEY,
+        host VARCHAR(255) NOT NULL,
+        data_dir VARCHAR(4096) NOT NULL,
+        pid INT NOT NULL,
+        started_at DATETIME(6) NOT NULL,
+        seen_at DATETIME(6) NOT NULL""",
 }
 
 
@@ -86,6 +93,9 @@ class MySQLStore(SQLStore):
     NOW = "UTC_TIMESTAMP(6)"
     GENERATED_NOT_NULL = " NOT NULL"  # MariaDB takes no NULL constraint on a stored generated column
     DRIVER_ERRORS = (myerrors.Error,)
+    INSERT_IGNORE = "INSERT IGNORE"
+    LOCK_ROW = " FOR UPDATE"
+    TABLE_EXISTS = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
     UPSERT_TAIL = (
         " AS new ON DUPLICATE KEY UPDATE sha256 = new.sha256, size = new.size, mtime = new.mtime, "
         "model = new.model, embedding = new.embedding, status = new.status, match_id = new.match_id, "

@@ -266,3 +266,14 @@ class StoreStatus:
     table: str
     dimension: int | None
     counts: list[tuple[str, str, int]]  # (status, model, rows)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Who runs as an instance: the registry row its daemon keeps (`<table>_instances`, instance.py)."""
+
+    name: str
+    host: str
+    data_dir: str
+    pid: int
+    seen_s: float  # seconds since its daemon last said it was alive, by the store's clock

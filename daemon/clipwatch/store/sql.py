@@ -26,7 +26,8 @@ from .records import (
     StoredFile,
     StoreStatus,
 )
-from .sqlbase import DECISION_COLUMNS, SQLBase, _prefix_range, _vectors
+from .registry import Registry
+from .sqlbase import DECISION_COLUMNS, _prefix_range, _vectors
 
 FILE_COLUMNS = "id, path, sha256, size, mtime, model, status, instance, match_id, md5, pdq, pdq_quality"  # _stored
 FLAGGED = ("SELECT a.id, a.instance, a.path, a.sha256, a.status, a.match_id, b.path, b.sha256, a.score, a.label, "
@@ -35,7 +36,7 @@ ACTION_COLUMNS = "id, instance, deed, row_id, path, dest, restore, undoes, decid
 REVIEW = FLAGGED.replace(" FROM", ", a.size, a.mtime, b.size, b.mtime, b.instance FROM", 1)
 
 
-class SQLStore(SQLBase):
+class SQLStore(Registry):
     """The reads both backends share."""
 
     # --- rows -------------------------------------------------------------------------------------

@@ -23,10 +23,13 @@ AUX_TABLES = {
     "actions": """id INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL, deed TEXT NOT NULL, row_id INTEGER,
         path TEXT NOT NULL, dest TEXT, restore TEXT, undoes INTEGER, decided_by TEXT NOT NULL,
         decided_at TEXT NOT NULL""",
+    "instances": """name TEXT PRIMARY KEY, host TEXT NOT NULL, data_dir TEXT NOT NULL, pid INTEGER NOT NULL,
+        started_at TEXT NOT NULL, seen_at TEXT NOT NULL""",
 }
 # The columns issue 21 added, as created with a new table and added to an older one.
 ADDED = {"md5": "TEXT", "pdq": "TEXT", "pdq_quality": "INTEGER", "signal": "TEXT", "pdq_distance": "INTEGER"}
-AUX_INDEXES = {"deleted": "deleted_at", "decisions": "sha256", "moves": "instance", "actions": "row_id"}
+AUX_INDEXES = {"deleted": "deleted_at", "decisions": "sha256", "moves": "instance", "actions": "row_id",
+               "instances": "host"}
 
 
 class SQLiteStore(SQLStore):
