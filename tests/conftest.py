@@ -11,6 +11,7 @@ import base64
 import http.client
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -266,10 +267,12 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
 class Daemon:
     """A running `clipwatch run` whose JSON log lines are collected as they arrive."""
 
-    def __init__(self, env: dict[str, str], command: list[str] | None = None) -> None:
+    def __init__(self, env: dict[str, str], command: list[str] | None = None,
+                 user: pwd.struct_passwd | None = None) -> None:
         # The daemon logs to stdout; errors before logging starts go to stderr: both are read.
+        as_user: dict[str, Any] = dict(user=user.pw_uid, group=user.pw_gid, extra_groups=[]) if user else {}
         self.proc = subprocess.Popen(command or clipwatch_command("run"), env={**os.environ, **env}, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **as_user)
         self.env = env
         self.events: list[dict[str, object]] = []
         self.raw: list[str] = []
