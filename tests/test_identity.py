@@ -3,10 +3,10 @@ runs it; where a command cannot tell, it refuses and nothing moves; a file never
 
 The scenario tests run a real `clipwatch run` as a real unprivileged user (`clipwatch-test`, made with useradd),
 in the environment the systemd unit gives it ($STATE_DIRECTORY, JSON logs, the password as a file), and the
-operator's commands as root with root's own environment. That user needs to reach the interpreter and the
-test's files, which lie below directories only root may enter here (/root holds pyenv's Python, pytest's
-temporary directories are 0700): they get a traverse-only ACL entry (`setfacl -m u:clipwatch-test:x`) for
-that one user, left in place (concurrent workers share them; removing one could break the other's test).
+operator's commands as root with root's own environment. The server's files live in a directory of their own
+under /tmp (mode 0755, removed afterwards). The interpreter and the package lie below directories only root
+may enter here (/root holds pyenv's Python): those get a traverse-only ACL entry for that one user
+(`setfacl -m u:clipwatch-test:x`), left in place (concurrent workers share them).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -73,18 +74,22 @@ def photos_in(photos: Path, root: Path, names: tuple[str, ...] = PHOTOS) -> None
 
 
 @pytest.fixture
-def server(tmp_path: Path, store_url: str, table: str, model_dir: Path, photos: Path):  # type: ignore[no-untyped-def]
+def server(store_url: str, table: str, model_dir: Path, photos: Path):  # type: ignore[no-untyped-def]
     """A server as the docs install it: a configuration file naming the data directory, the service's user
     owning it and the uploads, copies moved to the quarantine (the README's safe shape)."""
     user = service_user()
-    uploads, data, banks, creds = (tmp_path / n for n in ("uploads", "data", "banks", "credentials"))
+    # Not below pytest's tmp_path: pytest takes group and other bits off /tmp/pytest-of-root whenever a session
+    # starts, which also masks an ACL entry given there.
+    base = Path(tempfile.mkdtemp(prefix="clipwatch-identity-"))
+    base.chmod(0o755)
+    uploads, data, banks, creds = (base / n for n in ("uploads", "data", "banks", "credentials"))
     for d in (uploads, banks, creds):
         d.mkdir()
     photos_in(photos, uploads)
-    model = tmp_path / "model"  # the service's own copy: the session's model files are root's only
+    model = base / "model"  # the service's own copy: the session's model files are root's only
     shutil.copytree(model_dir, model)
     (creds / "db-password").write_text("\n")  # the test servers' root has no password
-    config = tmp_path / "clipwatch.toml"
+    config = base / "clipwatch.toml"
     url = "" if store_url.startswith("sqlite") else f'url = "{store_url}"\n'  # SQLite: the server's own, in data_dir
     config.write_text(f'''[watch]\npaths = ["{uploads}"]\nsettle_ms = 100
 [model]\nname = "{model}"\ndevice = "cpu"\nmax_wait_ms = 50
@@ -95,8 +100,9 @@ def server(tmp_path: Path, store_url: str, table: str, model_dir: Path, photos: 
 [daemon]\ndata_dir = "{data}"
 ''')
     give(user, uploads, data, creds, model)
-    reachable(USER, Path(os.path.realpath(sys.executable)), Path(clipwatch.__file__).parent, tmp_path)
-    return user, config, uploads, data, creds
+    reachable(USER, Path(os.path.realpath(sys.executable)), Path(clipwatch.__file__).parent)
+    yield user, config, uploads, data, creds
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def unit_env(data: Path, creds: Path) -> dict[str, str]:
@@ -142,11 +148,22 @@ def test_the_operators_commands_act_as_the_service_and_move_nothing(server, tmp_
             strangers = [p for p in [data, *data.rglob("*")] if p.lstat().st_uid != user.pw_uid]
             assert strangers == [], "root's commands left files the service cannot replace"
             assert daemon.proc.poll() is None
+
+            other = tmp_path / "other.toml"  # a second daemon as the same instance, from another data directory
+            own_sqlite = f'url = "sqlite://{data}/clipwatch.sqlite3"\n' if store_url.startswith("sqlite") else ""
+            other.write_text(config.read_text().replace(f'data_dir = "{data}"', f'data_dir = "{tmp_path / "d2"}"')
+                             .replace("[store]\n", f'[store]\ninstance = "{name}"\n{own_sqlite}'))
+            second = operator(other, home, "run")
+            assert second.returncode == 2, second.stderr
+            assert f"instance {name!r} is run by a daemon on host" in second.stderr
+            assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS)
         finally:
             reader.close()
     finally:
         code = daemon.stop()
     assert code == 0
+    status = json.loads(operator(config, tmp_path, "db", "status", "--json").stdout)
+    assert [d["pid"] for d in status["daemons"]] == [0], "a clean stop gives the claim up"
 
 
 def test_a_command_from_another_user_is_refused_with_the_command_to_use(server, tmp_path: Path):
@@ -247,3 +264,15 @@ def test_a_second_daemon_of_a_live_instance_is_refused_and_a_taken_name_is_notic
     instance.claim(first.store, tmp_path / "web2-data")
     host(monkeypatch, "web1")
     assert not instance.beat(first.store, first.config.data_dir), "the first daemon learns it lost the name"
+
+
+def test_a_clean_stop_gives_the_name_up_at_once(make_harness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A re-created container has a new host name: after its predecessor stopped cleanly it starts at once."""
+    host(monkeypatch, "3f2a9c1b7d0e")
+    old = make_harness(store__instance="shared-name")
+    instance.claim(old.store, old.config.data_dir)
+    instance.release(old.store, old.config.data_dir)
+    assert old.store.registered()["shared-name"].host == "3f2a9c1b7d0e", "the host stays on record"
+    host(monkeypatch, "9b8e7d6c5a4f")
+    instance.claim(old.store, old.config.data_dir)
+    assert old.store.registered()["shared-name"].host == "9b8e7d6c5a4f"

@@ -222,26 +222,29 @@ def cmd_db_status(config: Config, as_json: bool) -> int:
 
     store = open_store(config)
     try:
-        st, instances = store.status(), store.instances()
+        st, instances, daemons = store.status(), store.instances(), store.registered()
     finally:
         store.close()
     if as_json:
         print(json.dumps({"backend": st.backend, "location": st.location, "table": st.table,
-                          "dimension": st.dimension, "instance": store.instance,
+                          "dimension": st.dimension, "instance": store.instance, "data_dir": str(config.data_dir),
                           "rows": [{"status": s, "model": m, "count": n} for s, m, n in st.counts],
-                          "instances": [{"instance": i, "count": n} for i, n in sorted(instances.items())]}))
+                          "instances": [{"instance": i, "count": n} for i, n in sorted(instances.items())],
+                          "daemons": [{"instance": d.name, "host": d.host, "data_dir": d.data_dir, "pid": d.pid,
+                                       "seen_s": round(d.seen_s, 1)} for d in daemons.values()]}))
         return 0
     print(f"store:     {st.location} ({st.backend})")
     print(f"table:     {st.table}" + ("" if st.dimension else " (does not exist yet: run `clipwatch db init`)"))
     print(f"dimension: {st.dimension or '-'}")
-    print(f"instance:  {store.instance}")
+    print(f"instance:  {store.instance} (data directory {config.data_dir})")
     print(f"rows:      {sum(n for *_, n in st.counts)}")
     for s, m, n in st.counts:
         print(f"  {n:>10}  status={s}  model={m}")
-    for i, n in sorted(instances.items()):
-        print(f"  {n:>10}  instance={i}" + ("  (this one)" if i == store.instance else ""))
+    for i in sorted({*instances, *daemons}):
+        d = daemons.get(i)
+        print(f"  {instances.get(i, 0):>10}  instance={i}" + ("  (this one)" if i == store.instance else "")
+              + (f"  daemon on {d.host} ({d.data_dir}, pid {d.pid}, seen {d.seen_s:.0f} s ago)" if d else ""))
     return 0
-
 
 
 def cmd_verdicts(config: Config, status: str | None, as_json: bool, limit: int) -> int:

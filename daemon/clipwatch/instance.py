@@ -25,7 +25,8 @@ A server has one identity, whoever asks (docs/operations.md "One server, one ide
 - A daemon **claims** its name in the registry (`<table>_instances`: host, data directory, pid) and renews
   the claim every `BEAT_S`; a second daemon claiming a name whose daemon is alive elsewhere (another host
   or data directory, seen in the last `STALE_S`) is refused the same way. A daemon that finds its claim
-  taken over stops (`beat`).
+  taken over stops (`beat`); one that stops cleanly gives the claim up (`release`: a re-created container,
+  with a new host name, starts at once; after a crash it waits until the claim is `STALE_S` old).
 - "This host's instances" (`here`): those the registry places on this host, and, for instances no daemon
   registered, the names this module makes here (the host name, or it followed by 8 hex digits). The judge
   never matches a file with a row of one of them for the same path: that row is the same file.
@@ -39,7 +40,9 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -99,15 +102,17 @@ def _refuse_a_second_name(store: Store, host: str, data_dir: Path, roots: Sequen
 
 
 def _held_message(name: str, holder: Registration | None, data_dir: Path, roots: list[str]) -> str:
-    where = f"daemon.data_dir {holder.data_dir}" if holder else "its own data directory"
+    where = f"daemon.data_dir {holder.data_dir}" if holder else "a data directory of its own"
     run_as = _owner_of(holder.data_dir) if holder else ""
-    how = [f"run it as that server: `sudo -u {run_as} clipwatch ...`" if run_as else "run it as that server's user",
-           f"with the same --config, whose daemon.data_dir must be {holder.data_dir}" if holder else
-           "with the configuration whose daemon.data_dir holds that instance's name",
+    command = shlex.join(["sudo", "-u", run_as, "clipwatch", *sys.argv[1:]]) if run_as else ""
+    how = [f"set daemon.data_dir = \"{holder.data_dir}\" in the configuration given with --config" if holder
+           else "give it the configuration whose daemon.data_dir holds that instance's name",
+           f"run it as that directory's owner ({command})" if command else "run it as the daemon's user",
            f"or set store.instance = \"{name}\" for this command"]
-    return (f"the store already holds rows of instance {name!r} ({where}, this host) for files under "
-            f"{', '.join(roots)}; this process has no instance name in {data_dir} and would take a new one, store "
-            "those files again and judge each a copy of itself. Nothing was stored or moved. " + "; ".join(how))
+    return (f"the store already holds rows of instance {name!r} ({where}, on this host) for files under "
+            f"{', '.join(roots)}; this command has no instance name in {data_dir} and would take a new one, "
+            "store those files again and judge each a copy of itself. Nothing was stored or moved. To act as "
+            "that server: " + "; ".join(how))
 
 
 def _owner_of(directory: str) -> str:
@@ -146,8 +151,8 @@ def claim(store: Store, data_dir: Path) -> None:
     host, here_dir = socket.gethostname(), str(data_dir)
 
     def may_take(held: Registration) -> bool:
-        if held.seen_s > STALE_S:
-            return True  # its daemon stopped renewing: gone
+        if held.pid == 0 or held.seen_s > STALE_S:
+            return True  # its daemon stopped cleanly, or stopped renewing: gone
         return held.host == host and (held.data_dir == here_dir or not _alive(held.pid))
 
     holder = store.claim(host, here_dir, os.getpid(), may_take)
@@ -162,6 +167,14 @@ def claim(store: Store, data_dir: Path) -> None:
 def beat(store: Store, data_dir: Path) -> bool:
     """Renew this daemon's claim; False when another daemon took the name over."""
     return store.beat(socket.gethostname(), str(data_dir), os.getpid())
+
+
+def release(store: Store, data_dir: Path) -> None:
+    """At a clean stop: the name may be claimed at once (a re-created container has another host name)."""
+    try:
+        store.release(socket.gethostname(), str(data_dir), os.getpid())
+    except ClipwatchError as exc:  # the claim then ages out in STALE_S
+        log.warning("instance_release_failed", error=str(exc), retry_in_s=STALE_S)
 
 
 def _alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ from .config import Config, metrics_address
 from .dbindex import SimilarityIndex, init_schema
 from .decisions import Decisions
 from .embedder import Embedder
-from .errors import ConfigError, StoreError
+from .errors import ClipwatchError, ConfigError, StoreError
 from .files import PathFilter
 from .health import Health
 from .intake import Intake
@@ -191,6 +191,8 @@ class Service:
         if threads[0].is_alive():
             log.error("shutdown_timeout", action="abandoning the batch in hand; it is redone on the next start")
         lost = self.sync.lost_claim
+        if self._claimed and not lost:
+            _release_claim(self.config)
         self.close()
         log.info("stopped")
         return 2 if lost else 0
@@ -319,3 +321,16 @@ def _warn_foreign_rows(store: Store, model: str) -> None:
     if foreign:
         log.warning("rows_of_other_model", rows=foreign, model=model,
                     action="their files are re-embedded with the configured model as scans reach them")
+
+
+def _release_claim(config: Config) -> None:
+    """Give the instance's claim up, on a connection of its own (the worker may still hold its own)."""
+    try:
+        store = open_store(config)
+    except ClipwatchError as exc:  # the claim then ages out (instance.STALE_S)
+        log.warning("instance_release_failed", error=str(exc))
+        return
+    try:
+        instance.release(store, config.data_dir)
+    finally:
+        store.close()

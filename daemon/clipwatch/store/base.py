@@ -86,6 +86,10 @@ class Store(ABC):
         """Renew the claim; False when another daemon holds it now."""
 
     @abstractmethod
+    def release(self, host: str, data_dir: str, pid: int) -> None:
+        """Give the claim up at a clean stop (another daemon may take the name at once)."""
+
+    @abstractmethod
     def instance_names(self) -> list[str]: ...
 
     @abstractmethod

@@ -95,6 +95,7 @@ class MySQLStore(SQLStore):
     DRIVER_ERRORS = (myerrors.Error,)
     INSERT_IGNORE = "INSERT IGNORE"
     LOCK_ROW = " FOR UPDATE"
+    DISTINCT_INSTANCES = "SELECT DISTINCT instance FROM {t}"
     TABLE_EXISTS = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
     UPSERT_TAIL = (
         " AS new ON DUPLICATE KEY UPDATE sha256 = new.sha256, size = new.size, mtime = new.mtime, "

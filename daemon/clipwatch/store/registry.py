@@ -26,6 +26,11 @@ class Registry(SQLBase):
     INSERT_IGNORE = "INSERT OR IGNORE"  # SQLite's; MySQL's is INSERT IGNORE
     LOCK_ROW = ""  # MySQL: FOR UPDATE (SQLite's writers are serialised already)
     TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    # SQLite reads every index entry for a DISTINCT; this walk asks the (instance, path) index once per name.
+    # MySQL and MariaDB answer DISTINCT from that index with a loose index scan.
+    DISTINCT_INSTANCES = ("WITH RECURSIVE n(i) AS (SELECT MIN(instance) FROM {t} UNION ALL SELECT (SELECT "
+                          "MIN(instance) FROM {t} WHERE instance > n.i) FROM n WHERE n.i IS NOT NULL) "
+                          "SELECT i FROM n WHERE i IS NOT NULL")
 
     def __init__(self, table: str, instance: str) -> None:
         super().__init__(table, instance)
@@ -70,11 +75,17 @@ class Registry(SQLBase):
                         f"AND data_dir = {p} AND pid = {p}", (self.instance, host, data_dir, pid))
             return bool(cur.rowcount)
 
+    def release(self, host: str, data_dir: str, pid: int) -> None:
+        """This daemon stopped cleanly: its name may be claimed at once (pid 0; the host stays on record)."""
+        p = self.PARAM
+        self._fetch(f"UPDATE {self.registry_table} SET pid = 0 WHERE name = {p} AND host = {p} AND data_dir = {p} "
+                    f"AND pid = {p}", (self.instance, host, data_dir, pid))
+
     def instance_names(self) -> list[str]:
         """Every instance holding rows (the index on (instance, path) answers without reading the rows)."""
         if self.table_dimension() is None:
             return []
-        return [str(r[0]) for r in self._fetch(f"SELECT DISTINCT instance FROM {self.t}")]
+        return [str(r[0]) for r in self._fetch(self.DISTINCT_INSTANCES.format(t=self.t))]
 
     def holds_rows_under(self, instance: str, directory: str) -> bool:
         """Whether `instance` has a row for a file below `directory`."""
