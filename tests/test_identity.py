@@ -132,7 +132,6 @@ def test_the_operators_commands_act_as_the_service_and_move_nothing(server, tmp_
             home.mkdir()
             scan = operator(config, home, "scan")
             assert scan.returncode == 0, scan.stderr
-            assert '"running_as"' in scan.stderr or "running_as" in scan.stderr
             for args in (("verdicts",), ("db", "status", "--json"), ("bank", "check", str(uploads / PHOTOS[0]))):
                 done = operator(config, home, *args)
                 assert done.returncode == 0, (args, done.stderr)
@@ -164,6 +163,42 @@ def test_the_operators_commands_act_as_the_service_and_move_nothing(server, tmp_
     assert code == 0
     status = json.loads(operator(config, tmp_path, "db", "status", "--json").stdout)
     assert [d["pid"] for d in status["daemons"]] == [0], "a clean stop gives the claim up"
+
+
+def test_where_a_command_cannot_find_the_services_identity_it_refuses_and_moves_nothing(server, tmp_path: Path,
+                                                                                      store_url: str):
+    """The issue's case: the service's data directory comes from its environment only, so root's `scan`
+    resolves another one (root's home) and would take a new instance name."""
+    user, config, uploads, data, creds = server
+    bare = config.parent / "bare.toml"  # the same configuration without daemon.data_dir (the user reads it)
+    own_sqlite = f'url = "sqlite://{data}/clipwatch.sqlite3"\n' if store_url.startswith("sqlite") else ""
+    bare.write_text(config.read_text().replace(f'data_dir = "{data}"\n', "").replace("[store]\n",
+                                                                                    f"[store]\n{own_sqlite}"))
+    env = {k: v for k, v in unit_env(data, creds).items() if k != "STATE_DIRECTORY"}
+    daemon = Daemon({**env, "CLIPWATCH_DAEMON__DATA_DIR": str(data)}, clipwatch_command("run", "--config", str(bare)),
+                    user=user)
+    try:
+        wait_until(lambda: daemon.saw("running"), timeout=120)
+        reader = open_store(load_config(config, env={"CLIPWATCH_STORE__INSTANCE": "reader"}))
+        try:
+            wait_until(lambda: sum(reader.instances().values()) == len(PHOTOS), timeout=120)
+            name = (data / NAME_FILE).read_text().strip()
+            home = tmp_path / "root-home"
+            home.mkdir()
+            scan = operator(bare, home, "scan")
+            if store_url.startswith("sqlite"):  # the server's own SQLite file: its one instance, adopted
+                assert scan.returncode == 0, scan.stderr
+            else:
+                assert scan.returncode == 2, scan.stderr
+                assert f"rows of instance {name!r}" in scan.stderr and "Nothing was stored or moved" in scan.stderr
+                assert not list(home.rglob(NAME_FILE)), "no second name was made"
+            assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS), "every upload stays in place"
+            assert reader.instances() == {name: len(PHOTOS)}
+            assert {v.status for v in all_verdicts(reader).values()} == {"ok"}
+        finally:
+            reader.close()
+    finally:
+        assert daemon.stop() == 0
 
 
 def test_a_command_from_another_user_is_refused_with_the_command_to_use(server, tmp_path: Path):
