@@ -82,6 +82,8 @@ stop() {
   run_bin bin/mysqladmin --no-defaults --socket="$state/mysql.sock" -uroot shutdown
 }
 
+# Sourced (scripts/mysql-group.sh), it only defines the prefix and its helpers.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
