@@ -104,7 +104,7 @@ def _refuse_a_second_name(store: Store, host: str, data_dir: Path, roots: Sequen
 def _held_message(name: str, holder: Registration | None, data_dir: Path, roots: list[str]) -> str:
     where = f"daemon.data_dir {holder.data_dir}" if holder else "a data directory of its own"
     run_as = _owner_of(holder.data_dir) if holder else ""
-    command = shlex.join(["sudo", "-u", run_as, "clipwatch", *sys.argv[1:]]) if run_as else ""
+    command = sudo_command(run_as) if run_as else ""
     how = [f"set daemon.data_dir = \"{holder.data_dir}\" in the configuration given with --config" if holder
            else "give it the configuration whose daemon.data_dir holds that instance's name",
            f"run it as that directory's owner ({command})" if command else "run it as the daemon's user",
@@ -113,6 +113,11 @@ def _held_message(name: str, holder: Registration | None, data_dir: Path, roots:
             f"{', '.join(roots)}; this command has no instance name in {data_dir} and would take a new one, "
             "store those files again and judge each a copy of itself. Nothing was stored or moved. To act as "
             "that server: " + "; ".join(how))
+
+
+def sudo_command(user: str) -> str:
+    """This very command line, run as `user`: what a refusal tells the operator to type."""
+    return shlex.join(["sudo", "-u", user, "clipwatch", *sys.argv[1:]])
 
 
 def _owner_of(directory: str) -> str:
@@ -171,10 +176,7 @@ def beat(store: Store, data_dir: Path) -> bool:
 
 def release(store: Store, data_dir: Path) -> None:
     """At a clean stop: the name may be claimed at once (a re-created container has another host name)."""
-    try:
-        store.release(socket.gethostname(), str(data_dir), os.getpid())
-    except ClipwatchError as exc:  # the claim then ages out in STALE_S
-        log.warning("instance_release_failed", error=str(exc), retry_in_s=STALE_S)
+    store.release(socket.gethostname(), str(data_dir), os.getpid())
 
 
 def _alive(pid: int) -> bool:

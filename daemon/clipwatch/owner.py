@@ -21,11 +21,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
-import shlex
-import sys
 
 from .config import Config, Secret
-from .instance import Refused
+from .instance import Refused, sudo_command
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -47,7 +45,7 @@ def become_owner(config: Config) -> Config:
         raise Refused(f"daemon.data_dir {config.data_dir} belongs to uid {uid}, which names no user here: give it "
                       "to the daemon's user (chown -R)") from None
     if os.geteuid() != 0:
-        command = shlex.join(["sudo", "-u", owner.pw_name, "clipwatch", *sys.argv[1:]])
+        command = sudo_command(owner.pw_name)
         raise Refused(f"daemon.data_dir {config.data_dir} belongs to {owner.pw_name!r}, the daemon's user: run "
                       f"this as that user, so that what it writes there stays the daemon's: {command}")
     config = _secrets_read(config)

@@ -197,7 +197,6 @@ class Service:
         log.info("stopped")
         return 2 if lost else 0
 
-
     def _scan_loop(self) -> None:
         """The start-up scan, then a rescan every watch.rescan_interval_s, or sooner when the queue had to
         drop events; each first puts back the watch of any root that disappeared and came back."""
@@ -327,10 +326,9 @@ def _release_claim(config: Config) -> None:
     """Give the instance's claim up, on a connection of its own (the worker may still hold its own)."""
     try:
         store = open_store(config)
+        try:
+            instance.release(store, config.data_dir)
+        finally:
+            store.close()
     except ClipwatchError as exc:  # the claim then ages out (instance.STALE_S)
         log.warning("instance_release_failed", error=str(exc))
-        return
-    try:
-        instance.release(store, config.data_dir)
-    finally:
-        store.close()
