@@ -11,6 +11,7 @@ may enter here (/root holds pyenv's Python): those get a traverse-only ACL entry
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -20,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from clipwatch import instance
 from clipwatch.config_loader import load_config
 from clipwatch.errors import ConfigError
 from clipwatch.instance import NAME_FILE, Refused
-from clipwatch.store import open_store
+from clipwatch.store import Store, open_store
 from conftest import Daemon, all_verdicts, clipwatch_command, wait_until
 
 USER = "clipwatch-test"
@@ -119,48 +121,64 @@ def operator(config: Path, home: Path, *args: str) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=180)
 
 
-def test_the_operators_commands_act_as_the_service_and_move_nothing(server, tmp_path: Path, store_url: str):
-    user, config, uploads, data, creds = server
-    daemon = Daemon(unit_env(data, creds), clipwatch_command("run", "--config", str(config)), user=user)
+@contextlib.contextmanager
+def service(user: pwd.struct_passwd, env: dict[str, str], run_config: Path, config: Path,
+            data: Path) -> Iterator[tuple[Daemon, Store, str]]:
+    """The daemon running as `user` with `run_config`, once it has stored every photo: (daemon, a reader of the
+    store, the service's instance name). It must stop cleanly (exit 0) at the end."""
+    daemon = Daemon(env, clipwatch_command("run", "--config", str(run_config)), user=user)
     try:
         wait_until(lambda: daemon.saw("running"), timeout=120)
         reader = open_store(load_config(config, env={"CLIPWATCH_STORE__INSTANCE": "reader"}))
         try:
             wait_until(lambda: sum(reader.instances().values()) == len(PHOTOS), timeout=120)
-            name = (data / NAME_FILE).read_text().strip()
-            home = tmp_path / "root-home"
-            home.mkdir()
-            scan = operator(config, home, "scan")
-            assert scan.returncode == 0, scan.stderr
-            for args in (("verdicts",), ("db", "status", "--json"), ("bank", "check", str(uploads / PHOTOS[0]))):
-                done = operator(config, home, *args)
-                assert done.returncode == 0, (args, done.stderr)
-            status = json.loads(operator(config, home, "db", "status", "--json").stdout)
-            assert status["instance"] == name
-            dismiss = operator(config, home, "dismiss", "999999999")
-            assert dismiss.returncode == 1 and "999999999" in dismiss.stderr + dismiss.stdout
-
-            assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS), "every upload stays in place"
-            assert reader.instances() == {name: len(PHOTOS)}, "one row per file, under the service's instance"
-            assert {v.status for v in all_verdicts(reader).values()} == {"ok"}
-            assert not any(home.rglob("*")), "nothing of the server's went into root's home"
-            strangers = [p for p in [data, *data.rglob("*")] if p.lstat().st_uid != user.pw_uid]
-            assert strangers == [], "root's commands left files the service cannot replace"
-            assert daemon.proc.poll() is None
-
-            other = tmp_path / "other.toml"  # a second daemon as the same instance, from another data directory
-            own_sqlite = f'url = "sqlite://{data}/clipwatch.sqlite3"\n' if store_url.startswith("sqlite") else ""
-            other.write_text(config.read_text().replace(f'data_dir = "{data}"', f'data_dir = "{tmp_path / "d2"}"')
-                             .replace("[store]\n", f'[store]\ninstance = "{name}"\n{own_sqlite}'))
-            second = operator(other, home, "run")
-            assert second.returncode == 2, second.stderr
-            assert f"instance {name!r} is run by a daemon on host" in second.stderr
-            assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS)
+            yield daemon, reader, (data / NAME_FILE).read_text().strip()
         finally:
             reader.close()
     finally:
         code = daemon.stop()
     assert code == 0
+
+
+def variant(config: Path, path: Path, store_url: str, data: Path, old: str, new: str, store_lines: str = "") -> Path:
+    """`config` with `old` replaced by `new` and lines added to [store]; on SQLite, the service's own file named
+    (a data directory of its own would otherwise mean a store of its own)."""
+    if store_url.startswith("sqlite"):
+        store_lines += f'url = "sqlite://{data}/clipwatch.sqlite3"\n'
+    path.write_text(config.read_text().replace(old, new).replace("[store]\n", f"[store]\n{store_lines}"))
+    return path
+
+
+def test_the_operators_commands_act_as_the_service_and_move_nothing(server, tmp_path: Path, store_url: str):
+    user, config, uploads, data, creds = server
+    home = tmp_path / "root-home"
+    home.mkdir()
+    with service(user, unit_env(data, creds), config, config, data) as (daemon, reader, name):
+        scan = operator(config, home, "scan")
+        assert scan.returncode == 0, scan.stderr
+        for args in (("verdicts",), ("db", "status", "--json"), ("bank", "check", str(uploads / PHOTOS[0]))):
+            done = operator(config, home, *args)
+            assert done.returncode == 0, (args, done.stderr)
+        status = json.loads(operator(config, home, "db", "status", "--json").stdout)
+        assert status["instance"] == name
+        dismiss = operator(config, home, "dismiss", "999999999")
+        assert dismiss.returncode == 1 and "999999999" in dismiss.stderr + dismiss.stdout
+
+        assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS), "every upload stays in place"
+        assert reader.instances() == {name: len(PHOTOS)}, "one row per file, under the service's instance"
+        assert {v.status for v in all_verdicts(reader).values()} == {"ok"}
+        assert not any(home.rglob("*")), "nothing of the server's went into root's home"
+        strangers = [p for p in [data, *data.rglob("*")] if p.lstat().st_uid != user.pw_uid]
+        assert strangers == [], "root's commands left files the service cannot replace"
+        assert daemon.proc.poll() is None
+
+        # a second daemon as the same instance, from another data directory
+        other = variant(config, tmp_path / "other.toml", store_url, data, f'data_dir = "{data}"',
+                        f'data_dir = "{tmp_path / "d2"}"', f'instance = "{name}"\n')
+        second = operator(other, home, "run")
+        assert second.returncode == 2, second.stderr
+        assert f"instance {name!r} is run by a daemon on host" in second.stderr
+        assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS)
     status = json.loads(operator(config, tmp_path, "db", "status", "--json").stdout)
     assert [d["pid"] for d in status["daemons"]] == [0], "a clean stop gives the claim up"
 
@@ -170,35 +188,22 @@ def test_where_a_command_cannot_find_the_services_identity_it_refuses_and_moves_
     """The issue's case: the service's data directory comes from its environment only, so root's `scan`
     resolves another one (root's home) and would take a new instance name."""
     user, config, uploads, data, creds = server
-    bare = config.parent / "bare.toml"  # the same configuration without daemon.data_dir (the user reads it)
-    own_sqlite = f'url = "sqlite://{data}/clipwatch.sqlite3"\n' if store_url.startswith("sqlite") else ""
-    bare.write_text(config.read_text().replace(f'data_dir = "{data}"\n', "").replace("[store]\n",
-                                                                                    f"[store]\n{own_sqlite}"))
+    # the same configuration without daemon.data_dir, beside it (the service's user reads it)
+    bare = variant(config, config.parent / "bare.toml", store_url, data, f'data_dir = "{data}"\n', "")
     env = {k: v for k, v in unit_env(data, creds).items() if k != "STATE_DIRECTORY"}
-    daemon = Daemon({**env, "CLIPWATCH_DAEMON__DATA_DIR": str(data)}, clipwatch_command("run", "--config", str(bare)),
-                    user=user)
-    try:
-        wait_until(lambda: daemon.saw("running"), timeout=120)
-        reader = open_store(load_config(config, env={"CLIPWATCH_STORE__INSTANCE": "reader"}))
-        try:
-            wait_until(lambda: sum(reader.instances().values()) == len(PHOTOS), timeout=120)
-            name = (data / NAME_FILE).read_text().strip()
-            home = tmp_path / "root-home"
-            home.mkdir()
-            scan = operator(bare, home, "scan")
-            if store_url.startswith("sqlite"):  # the server's own SQLite file: its one instance, adopted
-                assert scan.returncode == 0, scan.stderr
-            else:
-                assert scan.returncode == 2, scan.stderr
-                assert f"rows of instance {name!r}" in scan.stderr and "Nothing was stored or moved" in scan.stderr
-                assert not list(home.rglob(NAME_FILE)), "no second name was made"
-            assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS), "every upload stays in place"
-            assert reader.instances() == {name: len(PHOTOS)}
-            assert {v.status for v in all_verdicts(reader).values()} == {"ok"}
-        finally:
-            reader.close()
-    finally:
-        assert daemon.stop() == 0
+    home = tmp_path / "root-home"
+    home.mkdir()
+    with service(user, {**env, "CLIPWATCH_DAEMON__DATA_DIR": str(data)}, bare, config, data) as (_, reader, name):
+        scan = operator(bare, home, "scan")
+        if store_url.startswith("sqlite"):  # the server's own SQLite file: its one instance, adopted
+            assert scan.returncode == 0, scan.stderr
+        else:
+            assert scan.returncode == 2, scan.stderr
+            assert f"rows of instance {name!r}" in scan.stderr and "Nothing was stored or moved" in scan.stderr
+            assert not list(home.rglob(NAME_FILE)), "no second name was made"
+        assert sorted(p.name for p in uploads.iterdir()) == sorted(PHOTOS), "every upload stays in place"
+        assert reader.instances() == {name: len(PHOTOS)}
+        assert {v.status for v in all_verdicts(reader).values()} == {"ok"}
 
 
 def test_a_command_from_another_user_is_refused_with_the_command_to_use(server, tmp_path: Path):
